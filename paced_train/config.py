@@ -37,7 +37,10 @@ class ModelConfig:
     student: str = "toy://student"
     teacher: str = "toy://teacher"
     tokenizer: Optional[str] = None          # defaults to the student's folder
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    # student weights (the trainable master copy; fp32 by default, FSDP2 mixed precision computes in bf16)
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: float32
+    # frozen teacher weights; auto: bf16 on GPU, fp32 on CPU
+    teacher_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     trust_remote_code: bool = False
     attn_implementation: Optional[str] = None  # e.g. "sdpa", "flash_attention_2"
 

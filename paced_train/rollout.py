@@ -1,0 +1,349 @@
+"""Rollouts: K sampled responses per prompt from a model, behind one engine interface.
+
+Engines (``make_engine``):
+  * ``hf``   - transformers ``generate`` on the in-memory model: batched over (prompt, sample)
+    pairs with left padding, temperature / top-p / top-k / max_new_tokens, seeded per batch with
+    ``torch.manual_seed`` inside ``torch.random.fork_rng`` (reproducible, and the caller's RNG
+    stream is untouched). The CPU default.
+  * ``vllm`` - offline ``vllm.LLM(...).generate(prompts, SamplingParams(n=K, ...))`` from a model
+    folder, tensor parallel. Under ``torchrun`` the ranks form data-parallel groups of
+    ``tensor_parallel_size`` ranks (vLLM's ``external_launcher`` executor); each group samples its
+    shard of the prompts and the results are all-gathered. vllm is imported only when used.
+
+Both return, per prompt, a list of ``Generation`` (response token ids cut after the first stop
+token, which is kept; decoded text; whether it finished with a stop token).
+
+``sample_rollouts`` adds two-phase screening: K1 samples first; prompts whose K1 verdicts are all
+correct or all wrong stop there, the others get K - K1 more.
+"""
+from __future__ import annotations
+
+import gc
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Protocol, Sequence
+
+import torch
+
+from .logging_utils import get_rank, get_world_size, progress
+
+__all__ = ["SamplingSpec", "Generation", "RolloutEngine", "HFEngine", "VLLMEngine", "make_engine",
+           "ProblemRollouts", "sample_rollouts", "stop_token_ids", "truncate_at_stop"]
+
+
+@dataclass(frozen=True)
+class SamplingSpec:
+    n: int = 1
+    temperature: float = 1.0       # 0 = greedy
+    top_p: float = 1.0
+    top_k: int = 0                 # 0 = off
+    max_new_tokens: int = 256
+    seed: int = 0
+
+
+@dataclass
+class Generation:
+    token_ids: list[int]
+    text: str
+    finished: bool                 # ended with a stop token (False: hit max_new_tokens)
+
+
+class RolloutEngine(Protocol):
+    def generate(self, prompts: Sequence[Sequence[int]], spec: SamplingSpec,
+                 desc: str = "rollouts") -> list[list[Generation]]: ...
+
+    def close(self) -> None: ...
+
+
+def stop_token_ids(tokenizer, model=None) -> list[int]:
+    """EOS ids: the tokenizer's plus the model generation config's (Qwen has several)."""
+    ids: list[int] = []
+    if tokenizer.eos_token_id is not None:
+        ids.append(int(tokenizer.eos_token_id))
+    gen_cfg = getattr(model, "generation_config", None)
+    eos = getattr(gen_cfg, "eos_token_id", None)
+    if eos is not None:
+        for i in (eos if isinstance(eos, (list, tuple)) else [eos]):
+            if int(i) not in ids:
+                ids.append(int(i))
+    if not ids:
+        raise ValueError("the tokenizer defines no eos_token; responses could never end")
+    return ids
+
+
+def truncate_at_stop(ids: Sequence[int], stops: set[int]) -> tuple[list[int], bool]:
+    """Cut after the first stop token (kept). Returns (ids, finished)."""
+    out = []
+    for t in ids:
+        out.append(int(t))
+        if t in stops:
+            return out, True
+    return out, False
+
+
+def _shard(n: int, rank: int, world: int) -> list[int]:
+    return list(range(rank, n, world))
+
+
+def _gather_sharded(local: list, indices: list[int], n: int, world: int) -> list:
+    """All-gather per-index results from every rank and put them back in order."""
+    if world == 1:
+        return local
+    import torch.distributed as dist
+    parts: list = [None] * world
+    dist.all_gather_object(parts, (indices, local))
+    out: list = [None] * n
+    for idx, res in parts:
+        for i, r in zip(idx, res):
+            out[i] = r
+    return out
+
+
+# ===================================================================== Hugging Face engine
+class HFEngine:
+    """Batched ``model.generate`` with left padding; rank-sharded under torch.distributed."""
+
+    def __init__(self, model, tokenizer, batch_size: int = 16, show_progress: bool = True,
+                 shard_over_ranks: bool = True):
+        self.model = model
+        self.tok = tokenizer
+        self.batch_size = batch_size
+        self.show_progress = show_progress
+        self.shard = shard_over_ranks
+        self.stops = stop_token_ids(tokenizer, model)
+        pad = tokenizer.pad_token_id
+        self.pad_id = int(pad if pad is not None else self.stops[0])
+
+    def _generation_config(self, spec: SamplingSpec):
+        from transformers import GenerationConfig
+        sample = spec.temperature > 0
+        kw = dict(do_sample=sample, max_new_tokens=spec.max_new_tokens, eos_token_id=self.stops,
+                  pad_token_id=self.pad_id, num_beams=1)
+        if sample:
+            kw.update(temperature=spec.temperature, top_p=spec.top_p, top_k=spec.top_k)
+        return GenerationConfig(**kw)
+
+    @torch.no_grad()
+    def generate(self, prompts, spec: SamplingSpec, desc: str = "rollouts") -> list[list[Generation]]:
+        n = len(prompts)
+        rank, world = (get_rank(), get_world_size()) if self.shard else (0, 1)
+        mine = _shard(n, rank, world)
+        # flatten (prompt, sample) pairs so batch_size counts sequences
+        pairs = [(i, j) for i in mine for j in range(spec.n)]
+        gen_cfg = self._generation_config(spec)
+        device = next(self.model.parameters()).device
+        was_training = self.model.training
+        self.model.eval()
+        results: dict[int, list[Generation]] = {i: [] for i in mine}
+        batches = [pairs[s:s + self.batch_size] for s in range(0, len(pairs), self.batch_size)]
+        for b, batch in enumerate(progress(batches, desc=desc, enabled=self.show_progress, unit="batch")):
+            seqs = [list(prompts[i]) for i, _ in batch]
+            width = max(len(s) for s in seqs)
+            input_ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
+            mask = torch.zeros((len(seqs), width), dtype=torch.long)
+            for r, s in enumerate(seqs):
+                input_ids[r, width - len(s):] = torch.tensor(s, dtype=torch.long)
+                mask[r, width - len(s):] = 1
+            # seed from (spec.seed, rank, batch index): reproducible whatever ran before
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                torch.manual_seed(_mix_seed(spec.seed, rank, b))
+                out = self.model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device),
+                                          generation_config=gen_cfg)
+            new = out[:, width:].tolist()
+            for (i, _), ids in zip(batch, new):
+                ids, finished = truncate_at_stop(ids, set(self.stops))
+                text = self.tok.decode(ids, skip_special_tokens=True)
+                results[i].append(Generation(ids, text, finished))
+        if was_training:
+            self.model.train()
+        return _gather_sharded([results[i] for i in mine], mine, n, world)
+
+    def close(self) -> None:
+        pass
+
+
+def _mix_seed(*parts: int) -> int:
+    h = 1469598103934665603
+    for p in parts:
+        h = ((h ^ (int(p) & 0xFFFFFFFFFFFF)) * 1099511628211) % (1 << 63)
+    return h
+
+
+# ===================================================================== vLLM engine
+class VLLMEngine:
+    """Offline vLLM sampling from a model folder (import on first use).
+
+    With ``tensor_parallel_size=tp`` under torchrun with W ranks, ranks ``g*tp .. g*tp+tp-1`` form
+    data-parallel group g (of W // tp); every rank of a group feeds the group's shard of prompts
+    (``external_launcher`` executor) and the outputs are all-gathered across ranks.
+    """
+
+    def __init__(self, model_path: str, tokenizer, tokenizer_path: Optional[str] = None,
+                 tensor_parallel_size: int = 1, dtype: str = "auto", seed: int = 0,
+                 gpu_memory_utilization: float = 0.85, max_model_len: Optional[int] = None,
+                 enforce_eager: bool = False, trust_remote_code: bool = False, extra: Optional[dict] = None,
+                 show_progress: bool = True):
+        try:
+            import vllm
+        except ImportError:
+            raise ValueError("rollout.engine=vllm needs vLLM: pip install 'paced[vllm]' (GPU only); "
+                             "use rollout.engine=hf on CPU") from None
+        self._vllm = vllm
+        self.tok = tokenizer
+        self.stops = stop_token_ids(tokenizer)
+        self.tp = tensor_parallel_size
+        self.world = get_world_size()
+        self.rank = get_rank()
+        self.show_progress = show_progress
+        if self.world > 1 and self.world % self.tp:
+            raise ValueError(f"rollout.tensor_parallel_size={self.tp} must divide the number of ranks "
+                             f"({self.world})")
+        kwargs = dict(model=model_path, tokenizer=tokenizer_path or model_path, tensor_parallel_size=self.tp,
+                      dtype=dtype, seed=seed, gpu_memory_utilization=gpu_memory_utilization,
+                      enforce_eager=enforce_eager, trust_remote_code=trust_remote_code)
+        if max_model_len is not None:
+            kwargs["max_model_len"] = max_model_len
+        if self.world > 1:
+            kwargs["distributed_executor_backend"] = "external_launcher"
+        kwargs.update(extra or {})
+        self.llm = vllm.LLM(**kwargs)
+
+    def generate(self, prompts, spec: SamplingSpec, desc: str = "rollouts") -> list[list[Generation]]:
+        n = len(prompts)
+        dp_size = max(1, self.world // self.tp)
+        dp_rank = self.rank // self.tp
+        mine = _shard(n, dp_rank, dp_size)
+        params = self._vllm.SamplingParams(
+            n=spec.n, temperature=spec.temperature, top_p=spec.top_p,
+            top_k=spec.top_k if spec.top_k > 0 else -1, max_tokens=spec.max_new_tokens,
+            seed=spec.seed + dp_rank, stop_token_ids=self.stops, skip_special_tokens=True)
+        reqs = [{"prompt_token_ids": list(prompts[i])} for i in mine]
+        outs = self.llm.generate(reqs, params, use_tqdm=self.show_progress and self.rank == 0) if reqs else []
+        stops = set(self.stops)
+        local = []
+        for o in outs:
+            gens = []
+            for c in o.outputs:
+                ids = list(c.token_ids)
+                finished = c.finish_reason == "stop" or (bool(ids) and ids[-1] in stops)
+                if finished and (not ids or ids[-1] not in stops):
+                    # vLLM drops the matched stop token from token_ids; training needs the EOS
+                    ids.append(self.stops[0] if getattr(c, "stop_reason", None) is None else int(c.stop_reason))
+                gens.append(Generation(ids, c.text, finished))
+            local.append(gens)
+        if self.world == 1:
+            return local
+        # only one rank per data-parallel group contributes (the group's ranks hold the same outputs)
+        lead = self.rank % self.tp == 0
+        return _gather_sharded(local if lead else [], mine if lead else [], n, self.world)
+
+    def close(self) -> None:
+        """Free the engine's GPU memory before training reuses the devices."""
+        self.llm = None
+        gc.collect()
+        try:
+            from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+            cleanup_dist_env_and_memory()
+        except Exception:
+            pass
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def make_engine(kind: str, *, model=None, model_path: Optional[str] = None, tokenizer=None,
+                tokenizer_path: Optional[str] = None, batch_size: int = 16, rollout_cfg=None,
+                dtype: str = "auto", seed: int = 0, trust_remote_code: bool = False,
+                max_model_len: Optional[int] = None, show_progress: bool = True) -> RolloutEngine:
+    """An engine of ``kind`` ("hf": needs ``model``; "vllm": needs ``model_path``)."""
+    if kind == "hf":
+        if model is None:
+            raise ValueError("the hf rollout engine needs a loaded model")
+        return HFEngine(model, tokenizer, batch_size=batch_size, show_progress=show_progress)
+    if kind == "vllm":
+        if model_path is None:
+            raise ValueError("the vllm rollout engine needs a model folder")
+        r = rollout_cfg
+        return VLLMEngine(model_path, tokenizer, tokenizer_path=tokenizer_path,
+                          tensor_parallel_size=r.tensor_parallel_size if r else 1, dtype=dtype, seed=seed,
+                          gpu_memory_utilization=r.gpu_memory_utilization if r else 0.85,
+                          max_model_len=(r.max_model_len if r and r.max_model_len else max_model_len),
+                          enforce_eager=r.enforce_eager if r else False, trust_remote_code=trust_remote_code,
+                          extra=r.vllm_kwargs if r else None, show_progress=show_progress)
+    raise ValueError(f"unknown rollout engine {kind!r} (hf, vllm)")
+
+
+# ===================================================================== K samples + screening
+@dataclass
+class ProblemRollouts:
+    """The samples of one problem with their verdicts."""
+    generations: list[Generation] = field(default_factory=list)
+    correct: list[bool] = field(default_factory=list)
+    screened: bool = False          # stopped after phase 1 of two-phase screening
+
+    @property
+    def n(self) -> int:
+        return len(self.generations)
+
+    @property
+    def n_correct(self) -> int:
+        return int(sum(self.correct))
+
+    @property
+    def pass_rate(self) -> float:
+        return self.n_correct / self.n if self.n else math.nan
+
+
+Verifier = Callable[[list[str], list[str]], list[bool]]
+
+
+def sample_rollouts(engine: RolloutEngine, prompts: Sequence[Sequence[int]], golds: Sequence[str],
+                    verify: Verifier, spec: SamplingSpec, k1: Optional[int] = None,
+                    desc: str = "rollouts") -> list[ProblemRollouts]:
+    """K = spec.n samples per prompt, each verified against its gold answer.
+
+    With ``k1`` (two-phase screening): K1 samples for all; prompts whose K1 samples are all
+    correct or all wrong stop (pass rate 1 or 0); the rest get K - K1 more (seed + 1).
+    """
+    if len(prompts) != len(golds):
+        raise ValueError(f"{len(prompts)} prompts but {len(golds)} gold answers")
+    k = spec.n
+    first = k if not k1 else k1
+    phase1 = engine.generate(prompts, _replace(spec, n=first), desc=desc if not k1 else f"{desc} (phase 1)")
+    results = [ProblemRollouts(list(g)) for g in phase1]
+    _verify_into(results, golds, verify, start=0)
+    if k1:
+        mixed = [i for i, r in enumerate(results) if 0 < r.n_correct < r.n]
+        for i, r in enumerate(results):
+            r.screened = i not in set(mixed)
+        if mixed:
+            phase2 = engine.generate([prompts[i] for i in mixed],
+                                     _replace(spec, n=k - k1, seed=spec.seed + 1), desc=f"{desc} (phase 2)")
+            for i, g in zip(mixed, phase2):
+                results[i].generations.extend(g)
+            _verify_into(results, golds, verify, start=None, only=mixed)
+    return results
+
+
+def _replace(spec: SamplingSpec, **kw) -> SamplingSpec:
+    d = dict(spec.__dict__)
+    d.update(kw)
+    return SamplingSpec(**d)
+
+
+def _verify_into(results: list[ProblemRollouts], golds, verify: Verifier, start, only=None) -> None:
+    """Verify every generation not yet verified (flattened into one verifier call)."""
+    idx = range(len(results)) if only is None else only
+    flat_gold, flat_text, where = [], [], []
+    for i in idx:
+        r = results[i]
+        for j in range(len(r.correct), r.n):
+            flat_gold.append(golds[i])
+            flat_text.append(r.generations[j].text)
+            where.append(i)
+    if not flat_text:
+        return
+    verdicts = list(verify(flat_gold, flat_text))
+    if len(verdicts) != len(flat_text):
+        raise RuntimeError(f"verifier returned {len(verdicts)} verdicts for {len(flat_text)} responses")
+    for i, v in zip(where, verdicts):
+        results[i].correct.append(bool(v))

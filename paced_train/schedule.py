@@ -1,0 +1,437 @@
+"""The schedule: data -> [eval base] -> per stage: pass rates -> weights -> (reference) ->
+distill -> eval -> ... -> final pass rates -> results.
+
+``Pipeline(cfg, run_dir, logger).run()`` runs a whole config. Every step writes its outputs into
+the run directory and is skipped on a re-run when they exist, so a killed run resumes where it
+stopped (the distillation stage resumes mid-stage from its own DCP checkpoints):
+
+  run_dir/
+    config.yaml, metrics.jsonl, tensorboard/, results.json, results.txt, summary.json
+    data/                      toy data set (when data.toy is set) and data summary
+    reference/                 teacher reference responses (FKL / AKL stages; computed once)
+    pass_rates/NN_<label>/     rollouts, pass rates, weights, histogram (one per computation)
+    stages/<stage>/            weights/, checkpoints/, student/ (export), distill_result.json
+    eval/<checkpoint>.json     mean@k and multiple-choice results per checkpoint
+    plots/                     curriculum.png, loss.png
+
+Schedules: ``stages: [fkl, rkl]`` trains stage after stage; pass rates are recomputed with the
+updated student before each stage (``schedule.recompute_between_stages``) and, with
+``distill.recompute_every = R``, every R steps inside a stage (the stage is split into segments
+of R steps; each segment has fresh weights and a fresh optimizer, and its warm-up is not repeated).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from .config import RunConfig, config_to_dict
+from .data import PromptBuilder, load_mc, load_problems
+from .logging_utils import RunLogger, get_rank, is_main_process
+from .rollout import SamplingSpec, _mix_seed, make_engine
+from .scoring import _barrier, bin_stats, load_pass_rates, run_pass_rate_stage
+
+__all__ = ["Pipeline", "seed_everything", "resolve_model_path", "build_distill_examples"]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    torch.manual_seed(seed)
+
+
+def resolve_model_path(spec: str) -> str:
+    """``toy://...`` specs -> the shipped toy assets; anything else unchanged."""
+    if spec.startswith("toy://"):
+        from .toy.assets import resolve_path
+        return str(resolve_path(spec))
+    return spec
+
+
+def build_distill_examples(loss: str, ids, weights, *, references=None, rollouts=None,
+                           student_prompts: dict, teacher_prompts: Optional[dict] = None):
+    """DistillExamples for a stage.
+
+    fkl / akl: one example per problem along the teacher's reference response (problems without a
+    reference, e.g. dropped for length, are left out). rkl: one example per student rollout, the
+    problem's weight split evenly over its rollouts; the teacher sees ``teacher_prompts[id]``.
+    """
+    from .distill import DistillExample
+    w = {pid: float(x) for pid, x in zip(ids, weights)}
+    out = []
+    if loss in ("fkl", "akl"):
+        for r in references:
+            if r.id in w:
+                out.append(DistillExample(r.id, w[r.id], list(r.student_prompt_ids), list(r.teacher_prompt_ids),
+                                          list(r.response_ids)))
+    elif loss == "rkl":
+        tp = teacher_prompts or student_prompts
+        for pid, roll in zip(ids, rollouts):
+            n = max(roll.n, 1)
+            for g in roll.generations:
+                if not g.token_ids:
+                    continue
+                out.append(DistillExample(pid, w[pid] / n, list(student_prompts[pid]), list(tp[pid]),
+                                          list(g.token_ids)))
+    else:  # pragma: no cover - validated by the config
+        raise ValueError(f"unknown loss {loss!r}")
+    return out
+
+
+class Pipeline:
+    """One run of a RunConfig in ``run_dir`` (see module doc)."""
+
+    def __init__(self, cfg: RunConfig, run_dir: Path, logger: RunLogger, verify: Optional[Callable] = None):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.log = logger
+        self._verify = verify
+        self.device = self._device()
+        self._student = None
+        self._teacher = None
+        self.student_path = resolve_model_path(cfg.model.student)
+        self.teacher_path = resolve_model_path(cfg.model.teacher)
+        self.tokenizer = None
+        self.pr_index = 0
+        self.curriculum: list[tuple[str, dict]] = []
+        self.stage_losses: dict[str, list[float]] = {}
+
+    # ------------------------------------------------------------------ setup
+    def _device(self) -> torch.device:
+        want = self.cfg.device
+        if want == "cuda" or (want == "auto" and torch.cuda.is_available()):
+            if not torch.cuda.is_available():
+                raise ValueError("device=cuda but no CUDA GPU is visible (use device=cpu)")
+            import os
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
+        return torch.device("cpu")
+
+    _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+    def _dtype(self, teacher: bool = False) -> torch.dtype:
+        d = self.cfg.model.teacher_dtype if teacher else self.cfg.model.dtype
+        if d == "auto":
+            return torch.bfloat16 if teacher and self.device.type == "cuda" else torch.float32
+        return self._DTYPES[d]
+
+    @property
+    def verify(self) -> Callable:
+        if self._verify is None:
+            from .scoring import default_verifier
+            self._verify = default_verifier()
+        return self._verify
+
+    def _load_model(self, path: str, trainable: bool):
+        from transformers import AutoModelForCausalLM
+        kw = dict(dtype=self._dtype(teacher=not trainable), trust_remote_code=self.cfg.model.trust_remote_code)
+        if self.cfg.model.attn_implementation:
+            kw["attn_implementation"] = self.cfg.model.attn_implementation
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, **kw)
+        except OSError as e:
+            raise ValueError(f"cannot load model from {path!r}: {e}") from None
+        model.to(self.device)
+        if not trainable:
+            model.eval()
+            model.requires_grad_(False)
+        return model
+
+    @property
+    def student(self):
+        if self._student is None:
+            self.log.info(f"loading student from {self.student_path}")
+            self._student = self._load_model(self.student_path, trainable=True)
+        return self._student
+
+    @property
+    def teacher(self):
+        if self._teacher is None:
+            self.log.info(f"loading teacher from {self.teacher_path}")
+            self._teacher = self._load_model(self.teacher_path, trainable=False)
+        return self._teacher
+
+    def _load_tokenizer(self):
+        from transformers import AutoTokenizer
+        path = resolve_model_path(self.cfg.model.tokenizer) if self.cfg.model.tokenizer else self.student_path
+        try:
+            tok = AutoTokenizer.from_pretrained(path, trust_remote_code=self.cfg.model.trust_remote_code)
+        except OSError as e:
+            raise ValueError(f"cannot load tokenizer from {path!r}: {e}") from None
+        if tok.pad_token_id is None:
+            tok.pad_token = tok.eos_token
+        tok.padding_side = "left"
+        return tok
+
+    def setup_data(self) -> None:
+        """Data stage: (toy data), problems, eval sets, MC set, prompts and length filtering."""
+        cfg, d = self.cfg, self.cfg.data
+        data_dir = self.run_dir / "data"
+        train, evals, mc = d.train, dict(d.eval), d.mc
+        if d.toy is not None:
+            files = {k: data_dir / f"{k}.jsonl" for k in ("train", "eval", "mc")}
+            if not all(f.exists() for f in files.values()):
+                if is_main_process():
+                    from .toy.world import write_toy_dataset
+                    files = write_toy_dataset(data_dir, seed=d.toy.seed, n_train=d.toy.n_train,
+                                              n_eval=d.toy.n_eval, n_mc=d.toy.n_mc)
+                _barrier()
+            train = train or str(files["train"])
+            if not evals:
+                evals = {"toy_eval": str(files["eval"])}
+            mc = mc or str(files["mc"])
+        self.tokenizer = self._load_tokenizer()
+        self.builder = PromptBuilder(self.tokenizer, d, cfg.reference.teacher_prompt_template,
+                                     cfg.reference.on_missing_solution)
+        problems = load_problems(train)
+        self.prompts: dict[str, list[int]] = {}
+        kept, too_long = [], 0
+        for p in problems:
+            ids = self.builder.student(p)
+            if len(ids) > d.max_prompt_tokens:
+                too_long += 1
+                continue
+            self.prompts[p.id] = ids
+            kept.append(p)
+            if d.max_train_problems is not None and len(kept) >= d.max_train_problems:
+                break
+        if too_long:
+            self.log.warning(f"data: {too_long} training problems dropped, prompt longer than "
+                             f"data.max_prompt_tokens={d.max_prompt_tokens}")
+        if not kept:
+            raise ValueError(f"no training problem fits data.max_prompt_tokens={d.max_prompt_tokens}")
+        self.problems = kept
+        self.eval_sets: dict[str, tuple[list, list]] = {}
+        for name, path in evals.items():
+            eps = load_problems(path, limit=d.max_eval_problems)
+            ps = [(self.builder.student(p), p.answer) for p in eps]
+            ps = [x for x in ps if len(x[0]) <= d.max_prompt_tokens]
+            self.eval_sets[name] = ([x[0] for x in ps], [x[1] for x in ps])
+        self.mc = load_mc(mc, limit=d.max_mc_questions) if mc else None
+        summary = {"train": str(train), "n_train": len(kept), "dropped_long_prompts": too_long,
+                   "eval": {n: len(v[0]) for n, v in self.eval_sets.items()}, "mc": str(mc) if mc else None,
+                   "n_mc": len(self.mc) if self.mc else 0,
+                   "mean_prompt_tokens": float(np.mean([len(v) for v in self.prompts.values()]))}
+        if is_main_process():
+            data_dir.mkdir(parents=True, exist_ok=True)
+            (data_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        self.log.info(f"data: {len(kept)} training problems, eval sets "
+                      f"{ {n: len(v[0]) for n, v in self.eval_sets.items()} }, "
+                      f"{summary['n_mc']} multiple-choice questions")
+
+    # ------------------------------------------------------------------ engines
+    def _engine_factory(self, kind: Optional[str] = None, batch_size: Optional[int] = None,
+                        teacher: bool = False) -> Callable:
+        kind = kind or self.cfg.rollout.engine
+        bs = batch_size or self.cfg.rollout.batch_size
+
+        def factory():
+            if kind == "hf":
+                return make_engine("hf", model=self.teacher if teacher else self.student, tokenizer=self.tokenizer,
+                                   batch_size=bs, show_progress=self.log.progress_bars)
+            if not teacher and self._student is not None and self.device.type == "cuda":
+                self._student.to("cpu")  # give vLLM the GPU memory (moved back by _ensure_on_device)
+            return make_engine("vllm", model_path=self.teacher_path if teacher else self.student_path,
+                               tokenizer=self.tokenizer, tokenizer_path=self.cfg.model.tokenizer and
+                               resolve_model_path(self.cfg.model.tokenizer), rollout_cfg=self.cfg.rollout,
+                               dtype="bfloat16" if self.device.type == "cuda" else "float32",
+                               seed=self.cfg.rollout.seed if self.cfg.rollout.seed is not None else self.cfg.seed,
+                               trust_remote_code=self.cfg.model.trust_remote_code,
+                               max_model_len=self.cfg.data.max_teacher_prompt_tokens + self.cfg.data.max_response_tokens,
+                               show_progress=self.log.progress_bars)
+        return factory
+
+    def _rollout_spec(self, label_index: int) -> SamplingSpec:
+        r = self.cfg.rollout
+        base = r.seed if r.seed is not None else self.cfg.seed
+        return SamplingSpec(n=r.k, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
+                            max_new_tokens=self.cfg.data.max_response_tokens,
+                            seed=_mix_seed(base, 1, label_index) % (2 ** 31))
+
+    # ------------------------------------------------------------------ stages
+    def pass_rates(self, label: str, weight_cfg, step: int = 0, index: Optional[int] = None):
+        from .weighting import compute_weights
+        idx = self.pr_index if index is None else index
+        out = self.run_dir / "pass_rates" / f"{idx:02d}_{label}"
+        self.pr_index = idx + 1
+        ids = [p.id for p in self.problems]
+        res = run_pass_rate_stage(
+            out, ids, [self.prompts[i] for i in ids], [p.answer for p in self.problems],
+            self._engine_factory(), self._rollout_spec(idx), self.cfg.rollout.k1, self.verify, self.log,
+            label=f"pass rates {label}", bins=self.cfg.pass_rate.bins, formats=self.cfg.pass_rate.formats,
+            weight_fn=lambda p, k: compute_weights(p, weight_cfg, k), plot=self.cfg.pass_rate.plot, step=step)
+        self.curriculum.append((label, res.summary))
+        return res, out
+
+    def references(self):
+        if getattr(self, "_refs", None) is None:
+            from .reference import run_reference_stage
+            rc = self.cfg.reference
+            spec = SamplingSpec(n=1, temperature=rc.temperature, top_p=rc.top_p, top_k=0,
+                                max_new_tokens=self.cfg.data.max_response_tokens,
+                                seed=_mix_seed(rc.seed if rc.seed is not None else self.cfg.seed, 2) % (2 ** 31))
+            self._refs = run_reference_stage(
+                self.run_dir / "reference", self.problems, self.builder,
+                self._engine_factory(batch_size=rc.batch_size, teacher=True), spec,
+                self.cfg.data.max_teacher_prompt_tokens, self.verify, self.log, rc.keep_only_correct)
+        return self._refs
+
+    def evaluate(self, label: str, step: int = 0) -> Optional[dict]:
+        if not self.cfg.eval.enabled:
+            return None
+        from .evaluate import run_eval
+        e = self.cfg.eval
+        out = self.run_dir / "eval" / f"{label}.json"
+        spec = SamplingSpec(n=e.k, temperature=e.temperature, top_p=e.top_p, top_k=0,
+                            max_new_tokens=e.max_new_tokens or self.cfg.data.max_response_tokens,
+                            seed=_mix_seed(e.seed if e.seed is not None else self.cfg.seed, 3) % (2 ** 31))
+        if out.exists():
+            return run_eval(out, label, engine_factory=None, eval_sets={}, verify=None, spec=spec, model=None,
+                            tokenizer=None, builder=None, mc_questions=None, cfg=e, logger=self.log)
+        self._ensure_on_device()
+        return run_eval(out, label, engine_factory=self._engine_factory(kind=e.engine, batch_size=e.batch_size),
+                        eval_sets=self.eval_sets, verify=self.verify, spec=spec,
+                        model=self.student if self.mc else None, tokenizer=self.tokenizer, builder=self.builder,
+                        mc_questions=self.mc, cfg=e, logger=self.log, step=step)
+
+    def _ensure_on_device(self) -> None:
+        if self._student is not None:
+            self._student.to(self.device)
+
+    def _distill_segment(self, i: int, seg: int, n_segs: int, seg_name: str, dcfg, wcfg, pr, pr_dir):
+        """Weights + examples + distillation of one segment (one call of run_distill_stage)."""
+        from .distill import run_distill_stage
+        from .weighting import run_weight_stage
+        stages_dir = self.run_dir / "stages"
+        sdir = stages_dir / seg_name
+        ids = [p.id for p in self.problems]
+        weights, winfo = run_weight_stage(sdir / "weights", ids, pr.pass_rates, wcfg, self.cfg.rollout.k,
+                                          self.log, label=f"weights {seg_name}", formats=self.cfg.pass_rate.formats,
+                                          plot=self.cfg.pass_rate.plot)
+        if winfo["all_zero"]:
+            self.log.warning(f"{seg_name}: every problem has weight 0 (all pass rates are 0 or 1 under "
+                             f"{winfo['description']}); nothing to train on, the stage is skipped")
+            result = {"steps": 0, "losses": [], "skipped": "all weights zero", "student_dir": None}
+            if is_main_process():
+                sdir.mkdir(parents=True, exist_ok=True)
+                (sdir / "distill_result.json").write_text(json.dumps(result))
+            _barrier()
+            return result
+        loss = self.cfg.stages[i].loss
+        refs = self.references() if loss in ("fkl", "akl") else None
+        teacher_prompts = None
+        if loss == "rkl":
+            if self.cfg.reference.rkl_teacher_sees_solution:
+                teacher_prompts = {p.id: self.builder.teacher(p) for p in self.problems}
+            else:
+                teacher_prompts = self.prompts
+        examples = build_distill_examples(loss, ids, weights, references=refs, rollouts=pr.rollouts,
+                                          student_prompts=self.prompts, teacher_prompts=teacher_prompts)
+        if seg > 0:  # later segments continue the stage: no second warm-up
+            dcfg = dataclasses.replace(dcfg, warmup_steps=0,
+                                       lr_schedule="constant" if dcfg.lr_schedule == "warmup_constant"
+                                       else dcfg.lr_schedule)
+        self._ensure_on_device()
+        res = run_distill_stage(dcfg, self.student, self.teacher, examples, stages_dir, seg_name, self.log)
+        from .evaluate import model_is_sharded
+        # continue from the exported student (also makes a resumed run identical to a fresh one)
+        self.student_path = str(res.student_dir)
+        self._student = None
+        if self._teacher is not None and model_is_sharded(self._teacher):
+            self._teacher = None
+        return res.to_json()
+
+    def _segment_done(self, seg_name: str) -> Optional[dict]:
+        f = self.run_dir / "stages" / seg_name / "distill_result.json"
+        return json.loads(f.read_text()) if f.exists() else None
+
+    # ------------------------------------------------------------------ the run
+    def run(self) -> dict:
+        cfg = self.cfg
+        seed_everything(cfg.seed)
+        self.setup_data()
+        results = []
+        base = self.evaluate("base")
+        if base is not None:
+            results.append(base)
+        names = cfg.stage_names()
+        prev_pr = None
+        step = 0
+        for i, name in enumerate(names):
+            dcfg, wcfg = cfg.stage_distill_config(i), cfg.stage_weight_config(i)
+            R = dcfg.recompute_every
+            if R is not None:
+                if dcfg.max_steps is None:
+                    raise ValueError(f"config key 'distill.recompute_every' (stage {name}) needs distill.max_steps "
+                                     f"(the stage is split into segments of R steps)")
+                seg_steps = [min(R, dcfg.max_steps - s) for s in range(0, dcfg.max_steps, R)]
+            else:
+                seg_steps = [dcfg.max_steps]
+            self.stage_losses[name] = []
+            for seg, n_steps in enumerate(seg_steps):
+                seg_name = name if len(seg_steps) == 1 else f"{name}_seg{seg:02d}"
+                seg_cfg = dataclasses.replace(dcfg, max_steps=n_steps, seed=_mix_seed(dcfg.seed, seg) % (2 ** 31)
+                                              if seg else dcfg.seed)
+                done = self._segment_done(seg_name)
+                need_pr = seg > 0 or prev_pr is None or cfg.schedule.recompute_between_stages
+                label = f"before_{seg_name}"
+                if done is not None:  # resume: skip the segment, continue from its export
+                    self.log.info(f"stage {seg_name}: done already ({done.get('steps')} steps), skipping")
+                    if need_pr:
+                        idx = self.pr_index
+                        pr_dir = self.run_dir / "pass_rates" / f"{idx:02d}_{label}"
+                        self.pr_index += 1
+                        if (pr_dir / "summary.json").exists():
+                            self.curriculum.append((label, json.loads((pr_dir / "summary.json").read_text())))
+                            prev_pr = pr_dir
+                    if done.get("student_dir"):
+                        self.student_path = done["student_dir"]
+                        self._student = None
+                else:
+                    if need_pr:
+                        pr, pr_dir = self.pass_rates(label, wcfg, step=step)
+                    else:
+                        pr = load_pass_rates(prev_pr) if isinstance(prev_pr, Path) else prev_pr
+                        pr_dir = None
+                    prev_pr = pr_dir or prev_pr
+                    done = self._distill_segment(i, seg, len(seg_steps), seg_name, seg_cfg, wcfg, pr, pr_dir)
+                self.stage_losses[name].extend(done.get("losses", []))
+                step += int(done.get("steps", 0) or 0)
+            if cfg.eval.after_each_stage or i == len(names) - 1:
+                r = self.evaluate(f"after_{name}", step=step)
+                if r is not None:
+                    results.append(r)
+        if cfg.schedule.final_pass_rates:
+            from .weighting import compute_weights  # noqa: F401  (weights shown for the final curriculum)
+            self.pass_rates("final", cfg.weights, step=step)
+        return self._finish(results)
+
+    def _finish(self, results: list) -> dict:
+        from .evaluate import results_table
+        from .plots import curriculum_bars, loss_curve
+        table = results_table(results, self.log, self.run_dir) if results else {}
+        rows = [[label, f"{100 * s['low']:.1f}%", f"{100 * s['med']:.1f}%", f"{100 * s['high']:.1f}%",
+                 f"{s['mean']:.3f}", s["n_zero"], s["n_one"]] for label, s in self.curriculum]
+        if rows:
+            self.log.table("curriculum progression (Low / Med / High pass-rate bins)",
+                           ["computation", "Low", "Med", "High", "mean p", "p=0", "p=1"], rows)
+        losses = {k: v for k, v in self.stage_losses.items()}
+        if is_main_process():
+            plots = self.run_dir / "plots"
+            if self.curriculum:
+                curriculum_bars([c[0] for c in self.curriculum], [c[1] for c in self.curriculum],
+                                plots / "curriculum.png")
+            if any(losses.values()):
+                loss_curve(losses, plots / "loss.png")
+        summary = {"run_dir": str(self.run_dir), "results": table,
+                   "curriculum": [{"label": l, **{k: s[k] for k in ("low", "med", "high", "mean", "n_zero", "n_one")}}
+                                  for l, s in self.curriculum],
+                   "losses": losses, "final_student": self.student_path}
+        if is_main_process():
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        _barrier()
+        return summary
