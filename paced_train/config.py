@@ -551,7 +551,7 @@ def load_config(path: Optional[Union[str, Path]] = None, overrides: Optional[lis
     if not isinstance(data, dict):
         raise ValueError(f"config file {path} must hold a mapping at the top level")
     data = apply_overrides(data, parse_overrides(list(overrides or [])))
-    data.setdefault("config_path", str(path))
+    data["config_path"] = str(path)  # where this config came from (names the default run dir)
     return config_from_dict(data)
 
 
