@@ -20,6 +20,8 @@ import os
 import random
 import re
 import shutil
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +57,15 @@ def _rank() -> int:
 def _barrier() -> None:
     if _dist_on():
         dist.barrier()
+
+
+@contextmanager
+def _quiet_single_process():
+    """DCP warns that it 'assumes the intent is to save in a single process' without a process group:
+    that is exactly the intent here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torch.distributed is disabled, unavailable or uninitialized.*")
+        yield
 
 
 def checkpoint_dir(root: str | Path, step: int) -> Path:
@@ -144,7 +155,8 @@ def save_checkpoint(
         (path / "rng").mkdir(parents=True)
     _barrier()
 
-    dcp.save(_app_state(model, optimizer), checkpoint_id=str(path / "dcp"))
+    with _quiet_single_process():
+        dcp.save(_app_state(model, optimizer), checkpoint_id=str(path / "dcp"))
     torch.save(capture_rng_state(), path / "rng" / f"rank_{rank:05d}.pt")
     if rank == 0:
         record = {
@@ -188,7 +200,8 @@ def load_checkpoint(
     record = json.loads((path / "train_state.json").read_text())
 
     app = _app_state(model, optimizer)
-    dcp.load(app, checkpoint_id=str(path / "dcp"))
+    with _quiet_single_process():
+        dcp.load(app, checkpoint_id=str(path / "dcp"))
     if optimizer is None:
         set_model_state_dict(model, app["model"])
     else:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import sys
 from pathlib import Path
@@ -74,6 +73,18 @@ def tiny_config(**overrides) -> DistillConfig:
     return DistillConfig(**base)
 
 
+def train_tiny(out: Path, cfg_overrides: dict | None = None, *, tie: bool = False, teacher_hidden: int = 48,
+               problems: int = 8, rollouts: int = 1, weights=None, logger=None):
+    """Build the tiny student/teacher/data deterministically and run the distillation stage."""
+    from paced_train.distill import run_distill_stage
+
+    student = tiny_qwen3(1, tie=tie)
+    teacher = tiny_qwen3(2, hidden=teacher_hidden)
+    examples = tiny_examples(problems, seed=3, weights=weights, rollouts=rollouts)
+    cfg = tiny_config(**(cfg_overrides or {}))
+    return run_distill_stage(cfg, student, teacher, examples, Path(out), "stage", logger=logger), student
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
@@ -81,19 +92,16 @@ def main() -> None:
     ap.add_argument("--tie", action="store_true")
     ap.add_argument("--teacher-hidden", type=int, default=48)
     ap.add_argument("--problems", type=int, default=8)
+    ap.add_argument("--rollouts", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(1)
 
     from paced_train import parallel
-    from paced_train.distill import run_distill_stage
 
     env = parallel.init_distributed()
     out = Path(args.out)
-    student = tiny_qwen3(1, tie=args.tie)
-    teacher = tiny_qwen3(2, hidden=args.teacher_hidden)
-    examples = tiny_examples(args.problems, seed=3)
-    cfg = tiny_config(**json.loads(args.cfg))
-    result = run_distill_stage(cfg, student, teacher, examples, out, "stage", logger=None)
+    result, _ = train_tiny(out, json.loads(args.cfg), tie=args.tie, teacher_hidden=args.teacher_hidden,
+                           problems=args.problems, rollouts=args.rollouts)
     if env.is_main:
         (out / "result.json").write_text(json.dumps(result.to_json()))
     parallel.teardown_distributed()
