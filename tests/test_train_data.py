@@ -17,7 +17,7 @@ def test_jsonl_and_parquet_give_the_same_problems(tmp_path):
     pq.write_table(pa.Table.from_pylist(recs), tmp_path / "p.parquet")
     b = load_problems(tmp_path / "p.parquet")
     assert a == b and len(a) == 5
-    assert a[1].solution is None and a[2].solution.endswith("\\boxed{6}")
+    assert a[1].solution is None and a[2].solution.endswith("\\boxed{7}")
     assert [p.id for p in load_problems(tmp_path / "p.jsonl", limit=2)] == ["p0", "p1"]
     with pytest.raises(ValueError, match=r"p.jsonl:line 2: missing required field 'solution'"):
         load_problems(tmp_path / "p.jsonl", require_solution=True)
