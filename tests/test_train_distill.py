@@ -147,7 +147,7 @@ def test_student_kl_gradients_match_float64_autograd(loss, tie):
                                   direction=distill.KL_DIRECTIONS[loss], temperature=1.3, backend="torch")
     norm = sum(len(r) for r in resp)
     (loss_sum / norm).backward()
-    assert float(loss_sum / norm) == pytest.approx(float(ref), rel=2e-5)
+    assert (loss_sum / norm).item() == pytest.approx(ref.item(), rel=2e-5)
     ref_grads = dict(s64.named_parameters())
     for name, p in student.named_parameters():
         torch.testing.assert_close(p.grad.double(), ref_grads[name].grad, rtol=2e-4, atol=1e-6, msg=name)
