@@ -23,6 +23,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Protocol, Sequence
 
+import numpy as np
 import torch
 
 from .logging_utils import get_rank, get_world_size, progress
@@ -312,7 +313,8 @@ def sample_rollouts(engine: RolloutEngine, prompts: Sequence[Sequence[int]], gol
     results = [ProblemRollouts(list(g)) for g in phase1]
     _verify_into(results, golds, verify, start=0)
     if k1:
-        mixed = [i for i, r in enumerate(results) if 0 < r.n_correct < r.n]
+        from paced_kernels.weights import needs_second_phase
+        mixed = [int(i) for i in np.flatnonzero(needs_second_phase([r.n_correct for r in results], k1))]
         for i, r in enumerate(results):
             r.screened = i not in set(mixed)
         if mixed:

@@ -60,13 +60,13 @@ def compute_weights(p: Sequence[float], cfg, k: int) -> tuple[np.ndarray, dict]:
         raw = _np(w.uniform_weights(p))
         info["description"] = "uniform (w = 1)"
     elif cfg.scheme == "hard":
-        raw = _np(w.hard_filter_weights(p))
+        raw = _np(w.hard_filter_weights(p, normalize=False))
         info["description"] = "hard filter (w = 1 if 0 < p < 1)"
     elif cfg.scheme in ("beta", "auto"):
         alpha, beta = float(cfg.alpha), float(cfg.beta)
         if cfg.scheme == "auto":
             eps = cfg.eps if cfg.eps is not None else 1.0 / max(k, 1)
-            zone = (p >= eps - 1e-12) & (p <= 1 - eps + 1e-12)
+            zone = np.asarray(w.zone_mask(p, eps), dtype=bool)
             if not zone.any():
                 alpha = beta = 0.0
                 info["auto_fallback"] = "empty zone"
