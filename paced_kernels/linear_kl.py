@@ -65,7 +65,9 @@ class LinearKLFunction(torch.autograd.Function):
             student_hidden, student_weight, teacher_hidden, teacher_weight,
             token_scale if want_grad else None, direction, temperature,
         )
-        ctx.save_for_backward(grad_h, grad_w)
+        # kept as attributes, not saved tensors: backward hands them over and drops its reference,
+        # so autograd can adopt them as .grad without a copy
+        ctx.grads = (grad_h, grad_w)
         return torch.dot(kl, token_scale.to(kl.dtype))
 
     @staticmethod
@@ -76,10 +78,16 @@ class LinearKLFunction(torch.autograd.Function):
                 sh, sw, th, tw, (grad_output * token_weight).float().contiguous(), ctx.direction, ctx.temperature
             )
         else:
-            grad_h, grad_w = ctx.saved_tensors
-            if grad_h is not None:
-                grad_h = grad_h * grad_output.to(grad_h.dtype)
-                grad_w = grad_w * grad_output.to(grad_w.dtype)
+            if ctx.grads is None:
+                raise RuntimeError(
+                    "fused_linear_kl computes its gradients in the forward pass and hands them over once; "
+                    "backward through it twice (retain_graph) needs reduction='none'"
+                )
+            (grad_h, grad_w), ctx.grads = ctx.grads, None
+            if grad_h is not None and not bool(grad_output == 1):
+                # the saved gradients belong to this call alone: scale them in place, no copy
+                grad_h = grad_h.mul_(grad_output.to(grad_h.dtype))
+                grad_w = grad_w.mul_(grad_output.to(grad_w.dtype))
         return grad_h, grad_w, None, None, None, None, None, None, None, None
 
 

@@ -1,15 +1,22 @@
 """Chunked PyTorch backend of the linear KL: no [N, V] tensor, gradients produced in the forward.
 
-Tokens are processed in chunks sized from a memory budget. For each chunk the student and teacher
-logits ([C, V], float32) are formed by one GEMM each, turned into log-probabilities in place, the
-per-token KL is read off, and -- when gradients are wanted -- the logit gradient
-G = c_j * dKL/ds / tau overwrites the student buffer and is pushed through two GEMMs into
-grad_h (rows of this chunk) and grad_W (accumulated). Three [C, V] float32 buffers live at once.
+Because the loss is a weighted sum and the weights are inputs, the gradients are computed in the
+forward call (the autograd Function scales them by grad_output later). Two strategies, picked
+from a memory budget for the float32 work buffers:
 
-Because the loss is a weighted sum and the weights are inputs, computing the gradients in the
-forward pass costs the minimum FLOPs: 2NV(Hs+Ht) for the logits plus 4NVHs for the gradients, no
-recomputation. Works on CPU and GPU; float32 math whatever the input dtype (on CUDA, bf16/fp16
-operands go through GEMMs with float32 outputs, so logits are never rounded to bf16).
+- row chunks (one pass): C tokens at a time with full-vocabulary logits [C, V]; log-softmax in
+  place, KL read off, the logit gradient G overwrites the student buffer and goes through two
+  GEMMs into grad_h and grad_W. Minimal FLOPs (2NV(Hs+Ht) + 4NVHs), but each chunk re-reads both
+  lm_head weights, so it needs C large enough to stay compute bound.
+- vocabulary blocks (two passes, flash-attention style): all tokens of a large row chunk against
+  V_b vocabulary columns at a time. Pass 1 keeps running maxima, sums and the KL accumulator
+  (kernel-math.md) and yields lse and KL per token; pass 2 recomputes each block's logits and
+  pushes G into grad_h and grad_W. 1.5x the FLOPs, but memory is C x V_b and the weights are
+  read twice in all: the better trade when a full-vocabulary row chunk would be small.
+
+All softmax math is float32 whatever the input dtype (float64 stays float64); on CUDA, bf16/fp16
+operands go through GEMMs with float32 outputs, so logits are never rounded to bf16. AKL needs
+the sorted teacher distribution per token, so it always uses row chunks.
 """
 from __future__ import annotations
 
@@ -20,14 +27,28 @@ import torch
 
 from .linear_kl_reference import akl_coefficients
 
-DEFAULT_CHUNK_BUDGET_BYTES = int(os.environ.get("PACED_KL_CHUNK_BYTES", 24 * 2**20))
-_LIVE_BUFFERS = 3  # [C, V] float32 buffers alive at once
+# Memory for the float32 work buffers; PACED_KL_CHUNK_MB overrides. GPUs have room and bandwidth
+# for large row chunks; on CPU a small budget with vocabulary blocks is both leaner and faster.
+CHUNK_BUDGET_MB = {"cpu": 16, "cuda": 2048}
+MIN_ROW_CHUNK = {"cpu": 256, "cuda": 256}  # below this many tokens per row chunk, use vocab blocks
+MAX_ROWS_PER_BLOCK_PASS = 4096
+_LIVE_BUFFERS = 4  # [rows, cols] float32 buffers alive at once
 
 
-def chunk_tokens(vocab_size: int, n_tokens: int, budget_bytes: int = DEFAULT_CHUNK_BUDGET_BYTES) -> int:
-    """Tokens per chunk so that the chunk's [C, V] float32 buffers fit in `budget_bytes`."""
-    per_token = _LIVE_BUFFERS * vocab_size * 4
-    return max(1, min(n_tokens, budget_bytes // per_token))
+def budget_bytes(device: torch.device) -> int:
+    mb = int(os.environ.get("PACED_KL_CHUNK_MB", CHUNK_BUDGET_MB.get(device.type, 512)))
+    return mb * 2**20
+
+
+def plan_chunks(n_tokens: int, vocab: int, device: torch.device, direction: str) -> tuple[int, Optional[int]]:
+    """(rows per chunk, vocab columns per block or None for full-vocabulary row chunks)."""
+    budget = budget_bytes(device)
+    rows = max(1, min(n_tokens, budget // (_LIVE_BUFFERS * 4 * vocab)))
+    if direction == "akl" or rows >= min(n_tokens, MIN_ROW_CHUNK.get(device.type, 256)):
+        return rows, None
+    rows = min(n_tokens, MAX_ROWS_PER_BLOCK_PASS)
+    cols = max(64, budget // (_LIVE_BUFFERS * 4 * rows))
+    return rows, min(cols, vocab)
 
 
 def _mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -42,8 +63,15 @@ def _mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return a.float() @ b.float()
 
 
-def _token_kl_and_logit_grad(s, t, direction, want_grad):
-    """In place on float32 logits s, t ([C, V], already divided by tau).
+def _operand(x: torch.Tensor) -> torch.Tensor:
+    """GEMM operand: as given on CUDA or in fp32/fp64; upcast on CPU (bf16 GEMMs are slow there)."""
+    if x.dtype in (torch.float32, torch.float64) or x.is_cuda:
+        return x
+    return x.float()
+
+
+def _row_chunk_kl(s, t, direction, want_grad):
+    """In place on full-vocabulary logits s, t ([C, V], divided by tau).
 
     Returns (kl [C], g) where g (aliasing s) is dKL/ds when want_grad, else None.
     """
@@ -55,31 +83,64 @@ def _token_kl_and_logit_grad(s, t, direction, want_grad):
         kl = torch.linalg.vecdot(p_t, t)
         if not want_grad:
             return kl, None
-        s.exp_().sub_(p_t)  # s <- p_s - p_t
-        return kl, s
+        return kl, s.exp_().sub_(p_t)  # p_s - p_t
     if direction == "reverse":
         p_s = torch.exp(s)
         s.sub_(t)  # s <- log p_s - log p_t
         kl = torch.linalg.vecdot(p_s, s)
         if not want_grad:
             return kl, None
-        s.sub_(kl.unsqueeze(1)).mul_(p_s)  # s <- p_s * (log p_s - log p_t - KL)
-        return kl, s
-    if direction == "akl":
-        c_head, c_tail = akl_coefficients(t, s)
-        p_s, p_t = torch.exp(s), torch.exp(t)
-        diff = s - t  # log p_s - log p_t
-        fkl = -torch.linalg.vecdot(p_t, diff)
-        rkl = torch.linalg.vecdot(p_s, diff)
-        kl = c_head * fkl + c_tail * rkl
-        if not want_grad:
-            return kl, None
-        # c_head * (p_s - p_t) + c_tail * p_s * (diff - rkl)
-        diff.sub_(rkl.unsqueeze(1)).mul_(p_s).mul_(c_tail.unsqueeze(1))
-        diff.add_((p_s - p_t).mul_(c_head.unsqueeze(1)))
-        s.copy_(diff)
-        return kl, s
-    raise ValueError(f"unknown direction {direction!r}")
+        return kl, s.sub_(kl.unsqueeze(1)).mul_(p_s)  # p_s (log p_s - log p_t - KL)
+    # AKL: c_head * FKL + c_tail * RKL, coefficients constant
+    c_head, c_tail = akl_coefficients(t, s)
+    p_s, p_t = torch.exp(s), torch.exp(t)
+    diff = s - t
+    rkl = torch.linalg.vecdot(p_s, diff)
+    kl = c_head * -torch.linalg.vecdot(p_t, diff) + c_tail * rkl
+    if not want_grad:
+        return kl, None
+    diff.sub_(rkl.unsqueeze(1)).mul_(p_s).mul_(c_tail.unsqueeze(1))
+    diff.add_((p_s - p_t).mul_(c_head.unsqueeze(1)))
+    return kl, s.copy_(diff)
+
+
+def _block_logits(h_s, h_t, w_s, w_t, lo, hi, inv_tau):
+    s = _mm(h_s, w_s[lo:hi].T)
+    t = _mm(h_t, w_t[lo:hi].T).to(s.dtype)
+    if inv_tau != 1.0:
+        s.mul_(inv_tau)
+        t.mul_(inv_tau)
+    return s, t
+
+
+def _vocab_block_stats(h_s, h_t, w_s, w_t, cols, inv_tau, direction):
+    """Pass 1: online lse of both models and the KL per token, streaming vocabulary blocks."""
+    rows, vocab = h_s.shape[0], w_s.shape[0]
+    dt = torch.float64 if h_s.dtype == torch.float64 else torch.float32
+    m_s = torch.full((rows,), float("-inf"), dtype=dt, device=h_s.device)
+    m_t, z_s, z_t, acc = m_s.clone(), torch.zeros_like(m_s), torch.zeros_like(m_s), torch.zeros_like(m_s)
+    for lo in range(0, vocab, cols):
+        s, t = _block_logits(h_s, h_t, w_s, w_t, lo, min(lo + cols, vocab), inv_tau)
+        new_m_s = torch.maximum(m_s, s.amax(1))
+        new_m_t = torch.maximum(m_t, t.amax(1))
+        # m starts at -inf: exp(-inf - finite) = 0 scales the empty sums, never NaN
+        z_s.mul_(torch.exp(m_s - new_m_s))
+        z_t.mul_(torch.exp(m_t - new_m_t))
+        lead_m_old, lead_m_new = (m_t, new_m_t) if direction == "forward" else (m_s, new_m_s)
+        acc.mul_(torch.exp(lead_m_old - lead_m_new))
+        diff = t - s if direction == "forward" else s - t
+        e_s = s.sub_(new_m_s.unsqueeze(1)).exp_()
+        e_t = t.sub_(new_m_t.unsqueeze(1)).exp_()
+        z_s.add_(e_s.sum(1))
+        z_t.add_(e_t.sum(1))
+        acc.add_(torch.linalg.vecdot(e_t if direction == "forward" else e_s, diff))
+        m_s, m_t = new_m_s, new_m_t
+    lse_s, lse_t = m_s + torch.log(z_s), m_t + torch.log(z_t)
+    if direction == "forward":
+        kl = acc / z_t - lse_t + lse_s
+    else:
+        kl = acc / z_s - lse_s + lse_t
+    return kl, lse_s, lse_t
 
 
 @torch.no_grad()
@@ -92,48 +153,67 @@ def chunked_linear_kl(
     direction: str,
     temperature: float,
     chunk_size: Optional[int] = None,
+    vocab_block: Optional[int] = None,
 ):
     """Backend contract (see linear_kl.py): per-token KL [N] float32 and the gradients of
-    sum_j token_scale[j] * KL_j w.r.t. student_hidden and student_weight (None if token_scale is None)."""
+    sum_j token_scale[j] * KL_j w.r.t. student_hidden and student_weight (None if token_scale is None).
+
+    `chunk_size` / `vocab_block` override the plan (tests use them to hit every boundary)."""
     n_tokens, vocab = student_hidden.shape[0], student_weight.shape[0]
-    chunk = chunk_size or chunk_tokens(vocab, n_tokens)
+    rows, cols = plan_chunks(n_tokens, vocab, student_hidden.device, direction)
+    if chunk_size is not None:
+        rows, cols = chunk_size, vocab_block
+    if direction == "akl":
+        cols = None
     want_grad = token_scale is not None
     inv_tau = 1.0 / float(temperature)
     out_dtype = torch.float64 if student_hidden.dtype == torch.float64 else torch.float32
 
-    # GEMM operands: float32/float64 as given; low precision stays low precision on CUDA (fp32
-    # outputs) and is upcast once on CPU, where bf16 GEMMs are slow and imprecise.
-    def operand(x):
-        if x.dtype in (torch.float32, torch.float64) or x.is_cuda:
-            return x
-        return x.float()
-
-    w_s, w_t = operand(student_weight), operand(teacher_weight)
-    w_s_T, w_t_T = w_s.T, w_t.T
+    w_s, w_t = _operand(student_weight), _operand(teacher_weight)
     kl = torch.empty(n_tokens, dtype=out_dtype, device=student_hidden.device)
     grad_h = grad_w = None
     if want_grad:
         grad_h = torch.empty_like(student_hidden)
         grad_w = torch.zeros(w_s.shape, dtype=torch.promote_types(w_s.dtype, torch.float32), device=w_s.device)
 
-    for start in range(0, n_tokens, chunk):
-        stop = min(start + chunk, n_tokens)
-        h_s = operand(student_hidden[start:stop])
-        s = _mm(h_s, w_s_T)
-        t = _mm(operand(teacher_hidden[start:stop]), w_t_T).to(s.dtype)
-        if inv_tau != 1.0:
-            s.mul_(inv_tau)
-            t.mul_(inv_tau)
-        kl_chunk, g = _token_kl_and_logit_grad(s, t, direction, want_grad)
-        kl[start:stop] = kl_chunk
-        if want_grad:
-            g.mul_((token_scale[start:stop].to(g.dtype) * inv_tau).unsqueeze(1))
-            g_op = g if (w_s.dtype == g.dtype) else g.to(w_s.dtype)
-            grad_h[start:stop] = _mm(g_op, w_s)
-            if g_op.dtype == grad_w.dtype:
-                grad_w.addmm_(g_op.T, h_s)
+    def add_grads(g, h_s, rows_slice, lo, hi):
+        g_op = g if g.dtype == w_s.dtype else g.to(w_s.dtype)
+        part_h = _mm(g_op, w_s[lo:hi])
+        if lo == 0:
+            grad_h[rows_slice] = part_h
+        else:
+            grad_h[rows_slice] += part_h.to(grad_h.dtype)
+        if g_op.dtype == grad_w.dtype:
+            grad_w[lo:hi].addmm_(g_op.T, h_s)
+        else:
+            grad_w[lo:hi].add_(_mm(g_op.T, h_s))
+
+    for start in range(0, n_tokens, rows):
+        stop = min(start + rows, n_tokens)
+        h_s = _operand(student_hidden[start:stop])
+        h_t = _operand(teacher_hidden[start:stop])
+        scale = None if not want_grad else (token_scale[start:stop].to(out_dtype) * inv_tau).unsqueeze(1)
+        if cols is None:
+            s, t = _block_logits(h_s, h_t, w_s, w_t, 0, vocab, inv_tau)
+            kl[start:stop], g = _row_chunk_kl(s, t, direction, want_grad)
+            if want_grad:
+                add_grads(g.mul_(scale), h_s, slice(start, stop), 0, vocab)
+            continue
+        kl_rows, lse_s, lse_t = _vocab_block_stats(h_s, h_t, w_s, w_t, cols, inv_tau, direction)
+        kl[start:stop] = kl_rows
+        if not want_grad:
+            continue
+        for lo in range(0, vocab, cols):
+            hi = min(lo + cols, vocab)
+            s, t = _block_logits(h_s, h_t, w_s, w_t, lo, hi, inv_tau)
+            s.sub_(lse_s.unsqueeze(1))  # log p_s
+            if direction == "forward":
+                g = s.exp_().sub_(t.sub_(lse_t.unsqueeze(1)).exp_())  # p_s - p_t
             else:
-                grad_w.add_(_mm(g_op.T, h_s))
+                t.sub_(lse_t.unsqueeze(1))  # log p_t
+                t.sub_(s).neg_().sub_(kl_rows.unsqueeze(1))  # log p_s - log p_t - KL
+                g = s.exp_().mul_(t)
+            add_grads(g.mul_(scale), h_s, slice(start, stop), lo, hi)
     if want_grad:
         grad_w = grad_w.to(student_weight.dtype)
     return kl, grad_h, grad_w

@@ -96,13 +96,26 @@ def test_none_backward_with_nonuniform_upstream():
 
 
 @pytest.mark.parametrize("direction", ["forward", "reverse", "akl"])
-def test_chunk_boundaries_do_not_matter(direction):
-    sh, sw, th, tw = make_inputs(23, 8, 8, 33, seed=3)
+@pytest.mark.parametrize("rows,cols", [(4, None), (23, 8), (5, 7), (3, 1), (23, 33)])
+def test_chunk_and_vocab_block_boundaries_do_not_matter(direction, rows, cols):
+    sh, sw, th, tw = make_inputs(23, 8, 9, 33, seed=3, scale=3.0)
     scale = torch.rand(23)
     whole = chunked_linear_kl(sh, sw, th, tw, scale, direction, 1.3, chunk_size=23)
-    pieces = chunked_linear_kl(sh, sw, th, tw, scale, direction, 1.3, chunk_size=4)
+    pieces = chunked_linear_kl(sh, sw, th, tw, scale, direction, 1.3, chunk_size=rows, vocab_block=cols)
     for a, b in zip(whole, pieces):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        assert_near(b, a, rel=1e-5)
+
+
+def test_chunk_plan_respects_the_memory_budget(monkeypatch):
+    from paced_kernels.linear_kl_torch import plan_chunks
+
+    monkeypatch.setenv("PACED_KL_CHUNK_MB", "32")
+    rows, cols = plan_chunks(2048, 32768, torch.device("cpu"), "forward")
+    assert cols is not None and rows * cols * 4 * 4 <= 32 * 2**20  # vocabulary blocks
+    rows, cols = plan_chunks(100, 1000, torch.device("cpu"), "forward")
+    assert (rows, cols) == (100, None)  # everything fits: one row chunk
+    rows, cols = plan_chunks(2048, 32768, torch.device("cpu"), "akl")
+    assert cols is None and rows * 32768 * 4 * 4 <= 32 * 2**20
 
 
 def test_akl_torch_matches_reference_in_float64():
