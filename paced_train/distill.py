@@ -27,6 +27,7 @@ weight and resharded after the micro-batch.
 
 from __future__ import annotations
 
+import array
 import hashlib
 import inspect
 import json
@@ -121,9 +122,11 @@ def _validate_examples(examples: Sequence[DistillExample], vocab_size: int) -> N
             ids = getattr(ex, name)
             if len(ids) == 0:
                 raise ValueError(f"{where}: {name} is empty")
-            bad = [t for t in ids if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < vocab_size]
-            if bad:
-                raise ValueError(f"{where}: {name} has token ids outside [0, {vocab_size}): {bad[:5]}")
+            if not isinstance(ids[0], int) or isinstance(ids[0], bool):
+                raise ValueError(f"{where}: {name} must be a list of int token ids, got {type(ids[0]).__name__}")
+            lo, hi = min(ids), max(ids)  # C-speed scan; responses can be 16k tokens
+            if lo < 0 or hi >= vocab_size:
+                raise ValueError(f"{where}: {name} has token ids outside [0, {vocab_size}) (min {lo}, max {hi})")
 
 
 def drop_zero_weight(examples: Sequence[DistillExample]) -> tuple[list[DistillExample], SkipStats]:
@@ -164,9 +167,10 @@ def data_fingerprint(groups: Sequence[Sequence[DistillExample]]) -> str:
     h = hashlib.sha256()
     for group in groups:
         for ex in group:
-            h.update(
-                json.dumps([ex.problem_id, float(ex.weight), ex.student_prompt_ids, ex.teacher_prompt_ids, ex.response_ids]).encode()
-            )
+            h.update(json.dumps([ex.problem_id, float(ex.weight), len(ex.student_prompt_ids),
+                                 len(ex.teacher_prompt_ids), len(ex.response_ids)]).encode())
+            for ids in (ex.student_prompt_ids, ex.teacher_prompt_ids, ex.response_ids):
+                h.update(array.array("q", ids).tobytes())
     return h.hexdigest()[:16]
 
 
@@ -468,6 +472,8 @@ def run_distill_stage(
     t_out = teacher.get_output_embeddings().out_features
     if s_out != t_out:
         raise ValueError(f"student and teacher vocabularies differ (lm_head sizes {s_out} vs {t_out}); distillation needs one vocabulary")
+    if student is teacher:
+        raise ValueError("student and teacher are the same model object: pass a separate frozen teacher (e.g. a copy for self-distillation)")
     _validate_examples(examples, min(s_vocab, t_vocab))
 
     live, skipped = drop_zero_weight(examples)
@@ -502,6 +508,7 @@ def run_distill_stage(
         parallel.apply_activation_checkpointing(student)
     student_kl, teacher_hidden_fn = StudentKL(student), TeacherHidden(teacher)
     autocast_dtype = None
+    grad_scale = 1.0  # multiplies the loss for backward when FSDP cannot be told to SUM gradients
     if env.is_distributed:
         cpu_offload = bool(cfg.cpu_offload)
         if cpu_offload and device.type == "cpu":
@@ -510,6 +517,8 @@ def run_distill_stage(
         mesh = parallel.build_device_mesh(env)
         parallel.shard_causal_lm(student_kl, parallel.decoder_layers(student), mesh,
                                  mixed_precision=cfg.mixed_precision, cpu_offload=cpu_offload, trainable=True)
+        if not parallel.use_sum_gradient_reduction(student_kl):
+            grad_scale = float(W)  # FSDP averages over ranks: undo it
         parallel.shard_causal_lm(teacher_hidden_fn, parallel.decoder_layers(teacher), mesh,
                                  mixed_precision=cfg.mixed_precision, cpu_offload=cpu_offload, trainable=False)
     else:
@@ -556,6 +565,12 @@ def run_distill_stage(
         ckpt.save_checkpoint(ckpt.checkpoint_dir(ckpt_root, step), student, optimizer, scheduler=scheduler,
                              train_state=train_state, keep_last=getattr(cfg, "keep_checkpoints", 2))
 
+    log.info(
+        f"{cfg.loss} distillation: {total_steps} steps ({steps_per_epoch} per epoch) of {G} problems, "
+        f"{W} rank(s) x {G // (W * M)} micro-batch(es) of {M} problem(s), normalised by "
+        f"{cfg.loss_normalization}, {'FSDP2' if env.is_distributed else 'single process'} on {device}"
+    )
+
     # ---- train ---------------------------------------------------------------------------
     bar = None
     if log.progress_enabled and start_step < total_steps:
@@ -573,7 +588,7 @@ def run_distill_stage(
             normaliser = _normaliser(batch, cfg.loss_normalization)
             mine = parallel.shard_for_rank(batch, env.rank, W)
             optimizer.zero_grad(set_to_none=True)
-            local_loss = torch.zeros((), dtype=torch.float64)
+            local_loss = torch.zeros((), dtype=torch.float64, device=device)
             for m0 in range(0, len(mine), M):
                 seqs = [ex for group in mine[m0 : m0 + M] for ex in group]
                 responses = [ex.response_ids for ex in seqs]
@@ -587,9 +602,9 @@ def run_distill_stage(
                 loss_sum = student_kl(s_mb, t_hidden, t_weight, seq_weights, direction=direction,
                                       temperature=float(cfg.temperature), backend=backend, autocast_dtype=autocast_dtype)
                 loss = loss_sum / normaliser
-                loss.backward()
+                (loss * grad_scale if grad_scale != 1.0 else loss).backward()
                 teacher_hidden_fn.release()
-                local_loss += loss.detach().double().cpu()
+                local_loss += loss.detach().double()
             grad_norm = clip_grad_norm(params, float(cfg.max_grad_norm))
             lr = float(scheduler.get_last_lr()[0])
             optimizer.step()

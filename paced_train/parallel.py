@@ -37,6 +37,7 @@ __all__ = [
     "remove_activation_checkpointing",
     "mixed_precision_policy",
     "shard_causal_lm",
+    "use_sum_gradient_reduction",
     "all_reduce_sum",
     "shard_for_rank",
     "barrier",
@@ -209,8 +210,9 @@ def shard_causal_lm(
     ``root`` must contain the layers as descendants plus the embeddings, final norm and lm_head, so a
     tied ``lm_head``/``embed_tokens`` weight stays inside a single FSDP group. The root is sharded with
     ``cast_forward_inputs=False`` because the trainer passes float tensors that must keep their dtype
-    (fp32 per-sequence weights). A frozen model (``trainable=False``, the teacher) reshards every module
-    after forward since there is no backward that could reuse the unsharded parameters.
+    (fp32 per-sequence weights). Decoder layers reshard after forward; the root keeps its parameters
+    unsharded after forward: the student needs them again at once in backward, and the trainer reads
+    the frozen teacher's ``lm_head`` weight from its unsharded root and then calls ``reshard()``.
 
     Gradients are reduced as a plain SUM over ranks (no division by world size): the trainer divides
     the loss by a normaliser counted over the whole global batch, so summing is what makes the
@@ -231,15 +233,28 @@ def shard_causal_lm(
         layer_kwargs["mp_policy"], root_kwargs["mp_policy"] = mp, mp_root
     for layer in layers:
         fully_shard(layer, reshard_after_forward=True, **layer_kwargs)
-    # Trainable root: keep params unsharded after forward (needed again right away in backward).
-    # Frozen root: the trainer unshards it explicitly to read the lm_head weight, then reshards.
-    fully_shard(root, reshard_after_forward=not trainable, **root_kwargs)
+    # Root: params stay unsharded after forward. Student: needed again at once in backward (FSDP
+    # reshards after backward). Teacher: its lm_head weight is read after forward, then the trainer
+    # calls reshard() once the micro-batch's backward is done.
+    fully_shard(root, reshard_after_forward=False, **root_kwargs)
     if trainable:
-        for module in root.modules():
-            if hasattr(module, "set_gradient_divide_factor"):
-                module.set_gradient_divide_factor(1.0)
-                module.set_force_sum_reduction_for_comms(True)
+        use_sum_gradient_reduction(root)
     return root
+
+
+def use_sum_gradient_reduction(root: nn.Module) -> bool:
+    """Make every FSDP2 module under ``root`` reduce gradients as a plain SUM over ranks.
+
+    Returns False when this torch version cannot (then the caller multiplies the loss by the world
+    size to undo FSDP's averaging). Idempotent.
+    """
+    modules = [m for m in root.modules() if hasattr(m, "set_gradient_divide_factor")]
+    if not modules or not all(hasattr(m, "set_force_sum_reduction_for_comms") for m in modules):
+        return False
+    for module in modules:
+        module.set_gradient_divide_factor(1.0)
+        module.set_force_sum_reduction_for_comms(True)  # gloo has no AVG/PREMUL_SUM
+    return True
 
 
 # --------------------------------------------------------------------------------------------
