@@ -37,6 +37,7 @@ __all__ = [
     "list_checkpoints",
     "save_checkpoint",
     "load_checkpoint",
+    "read_train_state",
     "capture_rng_state",
     "restore_rng_state",
     "export_pretrained",
@@ -176,6 +177,14 @@ def save_checkpoint(
                     shutil.rmtree(old, ignore_errors=True)
     _barrier()
     return path
+
+
+def read_train_state(path: str | Path) -> dict[str, Any]:
+    """The ``train_state`` of a complete checkpoint, without touching any model (to validate a resume)."""
+    path = Path(path)
+    if not (path / COMPLETE_MARKER).is_file():
+        raise ValueError(f"checkpoint {path} is incomplete (no {COMPLETE_MARKER} marker): refusing to resume from it")
+    return json.loads((path / "train_state.json").read_text())["train_state"]
 
 
 def load_checkpoint(

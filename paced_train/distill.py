@@ -419,9 +419,16 @@ class _Plan:
     shuffle: bool
     global_batch: int
 
+    saved_orders: dict[int, list[int]] = field(default_factory=dict)  # from a checkpoint (wins on resume)
+
+    def order(self, epoch: int) -> list[int]:
+        if epoch in self.saved_orders:
+            return self.saved_orders[epoch]
+        return epoch_order(len(self.groups), epoch, self.seed, self.shuffle)
+
     def batch(self, step: int) -> tuple[int, int, list[int], list[list[DistillExample]]]:
         epoch, in_epoch = divmod(step, self.steps_per_epoch)
-        order = epoch_order(len(self.groups), epoch, self.seed, self.shuffle)
+        order = self.order(epoch)
         idx = order[in_epoch * self.global_batch : (in_epoch + 1) * self.global_batch]
         return epoch, in_epoch, order, [self.groups[i] for i in idx]
 
@@ -540,15 +547,19 @@ def run_distill_stage(
     start_step, resumed_from = 0, None
     latest = ckpt.latest_checkpoint(ckpt_root)
     if latest is not None:
-        state = ckpt.load_checkpoint(latest, student, optimizer, scheduler=scheduler)
-        if state.get("data_fingerprint") != fingerprint or state.get("global_batch_problems") != G:
+        saved = ckpt.read_train_state(latest)  # checked before anything is loaded into the models
+        expected = {"data_fingerprint": fingerprint, "global_batch_problems": G, "seed": seed, "shuffle": plan.shuffle}
+        changed = {k: (saved.get(k), v) for k, v in expected.items() if saved.get(k) != v}
+        if changed:
             raise ValueError(
-                f"checkpoint {latest} was written for different training data or global batch "
-                f"(fingerprint {state.get('data_fingerprint')} vs {fingerprint}, global batch "
-                f"{state.get('global_batch_problems')} vs {G}); delete {ckpt_root} to start the stage afresh"
+                f"checkpoint {latest} was written for different training data or settings "
+                f"({', '.join(f'{k}: saved {a!r}, now {b!r}' for k, (a, b) in changed.items())}); "
+                f"delete {ckpt_root} to start the stage afresh"
             )
+        state = ckpt.load_checkpoint(latest, student, optimizer, scheduler=scheduler)
         start_step, resumed_from = int(state["step"]), int(state["step"])
         history = {k: list(state.get(k, [])) for k in history}
+        plan.saved_orders[int(state["epoch"])] = [int(i) for i in state["sampler_order"]]
         log.info(f"resumed from {latest} at step {start_step}/{total_steps}")
 
     def save(step: int) -> None:
@@ -556,9 +567,11 @@ def run_distill_stage(
             "step": step,
             "epoch": step // steps_per_epoch,
             "batch_in_epoch": step % steps_per_epoch,
-            "sampler_order": epoch_order(len(groups), step // steps_per_epoch, seed, plan.shuffle),
+            "sampler_order": plan.order(step // steps_per_epoch),
             "data_fingerprint": fingerprint,
             "global_batch_problems": G,
+            "seed": seed,
+            "shuffle": plan.shuffle,
             "total_steps": total_steps,
             **history,
         }

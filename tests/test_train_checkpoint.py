@@ -84,8 +84,13 @@ def test_resume_with_larger_step_budget_is_bitwise_identical(tmp_path, uninterru
 
 def test_resume_on_different_data_fails_loudly(tmp_path):
     W.train_tiny(tmp_path, dict(RESUME_CFG, max_steps=1))
-    with pytest.raises(ValueError, match="different training data"):
+    with pytest.raises(ValueError, match="different training data.*data_fingerprint"):
         W.train_tiny(tmp_path, RESUME_CFG, weights=[1.0] * 8)
+    with pytest.raises(ValueError, match="seed: saved 0, now 7"):
+        W.train_tiny(tmp_path, dict(RESUME_CFG, seed=7))
+    state = ckpt.read_train_state(ckpt.latest_checkpoint(tmp_path / "stage" / "checkpoints"))
+    assert state["step"] == 1 and state["epoch"] == 0 and state["batch_in_epoch"] == 1
+    assert sorted(state["sampler_order"]) == list(range(8)) and len(state["losses"]) == 1
 
 
 def test_checkpoint_round_trip_restores_model_optimizer_scheduler_rng(tmp_path):
