@@ -483,6 +483,9 @@ def run_distill_stage(
         raise ValueError("student and teacher are the same model object: pass a separate frozen teacher (e.g. a copy for self-distillation)")
     _validate_examples(examples, min(s_vocab, t_vocab))
 
+    if getattr(cfg, "kl_chunk_size", None) is not None:
+        log.warning("distill.kl_chunk_size is set, but fused_linear_kl sizes its chunks itself (no chunk argument); ignoring it")
+
     live, skipped = drop_zero_weight(examples)
     groups = group_by_problem(live)
     log.info(
