@@ -45,8 +45,11 @@ def _require_2d_float(name: str, x: torch.Tensor) -> None:
 
 
 def _require_finite(name: str, x: torch.Tensor) -> None:
-    if x.numel() and not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{name} contains NaN or inf")
+    # min/max propagate NaN and expose +-inf, without the [numel] bool temporary of isfinite()
+    if x.numel():
+        lo, hi = torch.aminmax(x)
+        if not bool(torch.isfinite(lo) & torch.isfinite(hi)):
+            raise ValueError(f"{name} contains NaN or inf")
 
 
 def check_linear_kl_inputs(

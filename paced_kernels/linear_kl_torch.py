@@ -31,7 +31,8 @@ from .linear_kl_reference import akl_coefficients
 # for large row chunks; on CPU a small budget with vocabulary blocks is both leaner and faster.
 CHUNK_BUDGET_MB = {"cpu": 16, "cuda": 2048}
 MIN_ROW_CHUNK = {"cpu": 256, "cuda": 256}  # below this many tokens per row chunk, use vocab blocks
-MAX_ROWS_PER_BLOCK_PASS = 4096
+MIN_VOCAB_BLOCK = 2048
+MAX_ROWS_PER_BLOCK_PASS = 4096  # tokens per row chunk in vocabulary-block mode (upper bound)
 _LIVE_BUFFERS = 4  # [rows, cols] float32 buffers alive at once
 
 
@@ -46,8 +47,11 @@ def plan_chunks(n_tokens: int, vocab: int, device: torch.device, direction: str)
     rows = max(1, min(n_tokens, budget // (_LIVE_BUFFERS * 4 * vocab)))
     if direction == "akl" or rows >= min(n_tokens, MIN_ROW_CHUNK.get(device.type, 256)):
         return rows, None
-    rows = min(n_tokens, MAX_ROWS_PER_BLOCK_PASS)
-    cols = max(64, budget // (_LIVE_BUFFERS * 4 * rows))
+    # wide vocabulary blocks keep the GEMMs efficient (measured on CPU: 512 x 2048 tiles beat
+    # 1024 x 1024 and 2048 x 512 by 1.3-2x); rows take what the budget leaves
+    elems = budget // (_LIVE_BUFFERS * 4)
+    rows = min(n_tokens, MAX_ROWS_PER_BLOCK_PASS, max(128, elems // MIN_VOCAB_BLOCK))
+    cols = max(MIN_VOCAB_BLOCK, elems // rows)
     return rows, min(cols, vocab)
 
 
@@ -73,25 +77,36 @@ def _operand(x: torch.Tensor) -> torch.Tensor:
 def _row_chunk_kl(s, t, direction, want_grad):
     """In place on full-vocabulary logits s, t ([C, V], divided by tau).
 
-    Returns (kl [C], g) where g (aliasing s) is dKL/ds when want_grad, else None.
+    Returns (kl [C], g) where g is dKL/ds when want_grad, else None. Two exponentials per
+    element in all (exp is the costly elementwise op on CPU): lse is assembled from the
+    max-shifted exponentials that the KL and the gradient need anyway.
     """
-    s.sub_(torch.logsumexp(s, dim=-1, keepdim=True))  # s <- log p_s
-    t.sub_(torch.logsumexp(t, dim=-1, keepdim=True))  # t <- log p_t
+    if direction == "akl":
+        return _akl_row_chunk(s, t, want_grad)
+    s.sub_(s.amax(1, keepdim=True))  # s' = s - max s
+    t.sub_(t.amax(1, keepdim=True))
+    e_s, e_t = torch.exp(s), torch.exp(t)
+    z_s, z_t = e_s.sum(1), e_t.sum(1)
+    log_ratio = torch.log(z_s) - torch.log(z_t)  # lse(s) - lse(t) up to the shifts
     if direction == "forward":
-        p_t = torch.exp(t)
-        t.sub_(s)  # t <- log p_t - log p_s
-        kl = torch.linalg.vecdot(p_t, t)
+        kl = torch.linalg.vecdot(e_t, t.sub_(s)) / z_t + log_ratio  # sum p_t (t' - s') + ...
         if not want_grad:
             return kl, None
-        return kl, s.exp_().sub_(p_t)  # p_s - p_t
-    if direction == "reverse":
-        p_s = torch.exp(s)
-        s.sub_(t)  # s <- log p_s - log p_t
-        kl = torch.linalg.vecdot(p_s, s)
-        if not want_grad:
-            return kl, None
-        return kl, s.sub_(kl.unsqueeze(1)).mul_(p_s)  # p_s (log p_s - log p_t - KL)
-    # AKL: c_head * FKL + c_tail * RKL, coefficients constant
+        e_t.mul_((1.0 / z_t).unsqueeze(1))
+        return kl, e_s.mul_((1.0 / z_s).unsqueeze(1)).sub_(e_t)  # p_s - p_t
+    diff = s.sub_(t)  # s' - t'
+    kl = torch.linalg.vecdot(e_s, diff) / z_s - log_ratio
+    if not want_grad:
+        return kl, None
+    # p_s * (log p_s - log p_t - KL) = p_s * (s' - t' - (lse_s - lse_t) - KL)
+    diff.sub_((log_ratio + kl).unsqueeze(1))
+    return kl, diff.mul_(e_s).mul_((1.0 / z_s).unsqueeze(1))
+
+
+def _akl_row_chunk(s, t, want_grad):
+    """AKL on full-vocabulary logits: c_head * FKL + c_tail * RKL with constant coefficients."""
+    s.sub_(torch.logsumexp(s, dim=-1, keepdim=True))  # log p_s
+    t.sub_(torch.logsumexp(t, dim=-1, keepdim=True))  # log p_t
     c_head, c_tail = akl_coefficients(t, s)
     p_s, p_t = torch.exp(s), torch.exp(t)
     diff = s - t
