@@ -139,11 +139,11 @@ class DistillConfig:
     max_steps: Optional[int] = None
     temperature: float = 1.0
     kl_backend: Literal["auto", "torch", "triton", "reference"] = "auto"
-    kl_chunk_size: Optional[int] = None
     mixed_precision: Literal["no", "bf16"] = "no"
     activation_checkpointing: bool = False
     cpu_offload: bool = False
     checkpoint_every: int = 0           # steps; 0 = only at the end of the stage
+    keep_checkpoints: int = 2           # newest complete checkpoints kept per stage
     seed: Optional[int] = None          # defaults to the run seed
     loss_normalization: Literal["tokens", "problems"] = "tokens"
     recompute_every: Optional[int] = None  # steps; recompute pass rates/weights every R steps

@@ -483,8 +483,6 @@ def run_distill_stage(
         raise ValueError("student and teacher are the same model object: pass a separate frozen teacher (e.g. a copy for self-distillation)")
     _validate_examples(examples, min(s_vocab, t_vocab))
 
-    if getattr(cfg, "kl_chunk_size", None) is not None:
-        log.warning("distill.kl_chunk_size is set, but fused_linear_kl sizes its chunks itself (no chunk argument); ignoring it")
 
     live, skipped = drop_zero_weight(examples)
     groups = group_by_problem(live)
@@ -579,7 +577,7 @@ def run_distill_stage(
             **history,
         }
         ckpt.save_checkpoint(ckpt.checkpoint_dir(ckpt_root, step), student, optimizer, scheduler=scheduler,
-                             train_state=train_state, keep_last=getattr(cfg, "keep_checkpoints", 2))
+                             train_state=train_state, keep_last=cfg.keep_checkpoints)
 
     log.info(
         f"{cfg.loss} distillation: {total_steps} steps ({steps_per_epoch} per epoch) of {G} problems, "
