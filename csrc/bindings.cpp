@@ -1,0 +1,264 @@
+// Python bindings: paced_kernels._scorer. The batch entry points copy the strings out of Python
+// objects, release the GIL and score on a pool of std::threads.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <algorithm>
+#include <atomic>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "core.hpp"
+
+namespace py = pybind11;
+
+namespace paced {
+std::string gold_text(const std::string& gold);
+Tri compare_extracted(const Extracted& g, const Extracted& p);
+}  // namespace paced
+
+namespace {
+
+using namespace paced;
+
+// UTF-8 bytes of a str (lone surrogates replaced) or the raw bytes of a bytes object
+std::string to_bytes(PyObject* o) {
+  if (PyUnicode_Check(o)) {
+    Py_ssize_t n;
+    const char* p = PyUnicode_AsUTF8AndSize(o, &n);
+    if (p) return std::string(p, (size_t)n);
+    PyErr_Clear();
+    PyObject* b = PyUnicode_AsEncodedString(o, "utf-8", "replace");
+    if (!b) throw py::error_already_set();
+    std::string s(PyBytes_AS_STRING(b), (size_t)PyBytes_GET_SIZE(b));
+    Py_DECREF(b);
+    return s;
+  }
+  if (PyBytes_Check(o)) return std::string(PyBytes_AS_STRING(o), (size_t)PyBytes_GET_SIZE(o));
+  if (o == Py_None) throw py::type_error("expected str, got None");
+  throw py::type_error(std::string("expected str, got ") + Py_TYPE(o)->tp_name);
+}
+
+std::vector<std::string> to_strings(const py::sequence& seq, const char* what) {
+  std::vector<std::string> out;
+  out.reserve((size_t)py::len(seq));
+  for (size_t i = 0; i < (size_t)py::len(seq); ++i) {
+    py::object item = seq[i];
+    try {
+      out.push_back(to_bytes(item.ptr()));
+    } catch (py::type_error& e) {
+      throw py::type_error(std::string(what) + "[" + std::to_string(i) + "]: " + e.what());
+    }
+  }
+  return out;
+}
+
+int resolve_threads(py::object num_threads, size_t work) {
+  int n;
+  if (num_threads.is_none()) {
+    n = (int)std::thread::hardware_concurrency();
+    if (n <= 0) n = 1;
+  } else {
+    n = num_threads.cast<int>();
+    if (n < 1) throw py::value_error("num_threads must be >= 1 (or None for all cores)");
+  }
+  return (int)std::max<size_t>(1, std::min<size_t>((size_t)n, (work + 15) / 16));
+}
+
+template <class F>
+void parallel_for(size_t n, int threads, F&& f) {
+  if (threads <= 1 || n < 2) {
+    for (size_t i = 0; i < n; ++i) f(i);
+    return;
+  }
+  std::atomic<size_t> next{0};
+  auto worker = [&]() {
+    while (true) {
+      size_t a = next.fetch_add(16);
+      if (a >= n) break;
+      size_t b = std::min(n, a + 16);
+      for (size_t i = a; i < b; ++i) f(i);
+    }
+  };
+  std::vector<std::thread> pool;
+  for (int t = 0; t < threads; ++t) pool.emplace_back(worker);
+  for (auto& th : pool) th.join();
+}
+
+// codes: 0 false, 1 true, 2 undecided (fallback), 3 false by a work limit
+uint8_t code_of(const Verdict& v) {
+  if (v.limit) return 3;
+  return v.tri == Tri::True ? 1 : v.tri == Tri::False ? 0 : 2;
+}
+
+struct GoldCache {
+  bool ok = false;
+  Verdict err{Tri::Unknown, false};
+  Extracted ex;
+};
+
+GoldCache extract_gold(const std::string& gold) {
+  GoldCache g;
+  try {
+    g.ex = extract(gold_text(gold));
+    g.ok = true;
+  } catch (Unsure&) {
+    g.err = Verdict{Tri::Unknown, false};
+  } catch (TooBig&) {
+    g.err = Verdict{Tri::False, true};
+  } catch (LimitError&) {
+    g.err = Verdict{Tri::False, true};
+  } catch (std::exception&) {
+    g.err = Verdict{Tri::Unknown, false};
+  }
+  return g;
+}
+
+Verdict verify_with_gold(const GoldCache& g, const std::string& response) {
+  if (!g.ok) return g.err;
+  try {
+    Extracted p = extract(response);
+    return Verdict{compare_extracted(g.ex, p), false};
+  } catch (Unsure&) {
+    return Verdict{Tri::Unknown, false};
+  } catch (TooBig&) {
+    return Verdict{Tri::False, true};
+  } catch (LimitError&) {
+    return Verdict{Tri::False, true};
+  } catch (std::exception&) {
+    return Verdict{Tri::Unknown, false};
+  }
+}
+
+// golds[gold_index[i]] vs responses[i]
+py::array_t<uint8_t> score(const std::vector<std::string>& golds, const std::vector<std::string>& responses,
+                           const std::vector<size_t>& gold_index, int threads) {
+  std::vector<GoldCache> gc(golds.size());
+  std::vector<uint8_t> codes(responses.size(), 2);
+  {
+    py::gil_scoped_release release;
+    parallel_for(golds.size(), threads, [&](size_t i) { gc[i] = extract_gold(golds[i]); });
+    parallel_for(responses.size(), threads,
+                 [&](size_t i) { codes[i] = code_of(verify_with_gold(gc[gold_index[i]], responses[i])); });
+  }
+  py::array_t<uint8_t> out(codes.size());
+  std::copy(codes.begin(), codes.end(), out.mutable_data());
+  return out;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_scorer, m) {
+  m.doc() = "Paced's C++ math-answer scorer (see paced_kernels.scoring)";
+
+  m.def(
+      "verify_codes",
+      [](py::sequence golds, py::sequence responses, py::object num_threads) {
+        if (py::len(golds) != py::len(responses))
+          throw py::value_error("golds and responses must have the same length, got " +
+                                std::to_string(py::len(golds)) + " and " + std::to_string(py::len(responses)));
+        auto g = to_strings(golds, "golds");
+        auto r = to_strings(responses, "responses");
+        std::vector<size_t> idx(r.size());
+        for (size_t i = 0; i < idx.size(); ++i) idx[i] = i;
+        return score(g, r, idx, resolve_threads(num_threads, r.size()));
+      },
+      py::arg("golds"), py::arg("responses"), py::arg("num_threads") = py::none(),
+      "Verdict codes per pair: 0 false, 1 true, 2 undecided, 3 false by a work limit.");
+
+  m.def(
+      "pass_rate_codes",
+      [](py::sequence golds, py::sequence responses, py::object num_threads) {
+        if (py::len(golds) != py::len(responses))
+          throw py::value_error("golds and responses must have the same length (one list of responses per gold), got " +
+                                std::to_string(py::len(golds)) + " and " + std::to_string(py::len(responses)));
+        auto g = to_strings(golds, "golds");
+        std::vector<std::string> flat;
+        std::vector<size_t> idx;
+        std::vector<size_t> counts;
+        for (size_t i = 0; i < g.size(); ++i) {
+          py::object item = responses[i];
+          if (PyUnicode_Check(item.ptr()) || PyBytes_Check(item.ptr()))
+            throw py::type_error("responses[" + std::to_string(i) + "] must be a sequence of str, got a single string");
+          py::sequence rs = item.cast<py::sequence>();
+          auto v = to_strings(rs, ("responses[" + std::to_string(i) + "]").c_str());
+          counts.push_back(v.size());
+          for (auto& s : v) {
+            flat.push_back(std::move(s));
+            idx.push_back(i);
+          }
+        }
+        auto codes = score(g, flat, idx, resolve_threads(num_threads, flat.size()));
+        return py::make_tuple(codes, counts);
+      },
+      py::arg("golds"), py::arg("responses"), py::arg("num_threads") = py::none(),
+      "(flat verdict codes, responses per gold) for a list of response lists per gold.");
+
+  m.def(
+      "extract_answer",
+      [](py::object response) -> py::tuple {
+        std::string s = to_bytes(response.ptr());
+        int status = 0;  // 0 none, 1 parsed, 2 string only, 3 undecided
+        std::string out;
+        {
+          py::gil_scoped_release release;
+          try {
+            Extracted e = extract(s);
+            if (e.has_expr) {
+              status = 1;
+              out = e.has_str ? e.str : tree_to_string(e.expr);
+              out = e.expr_str.empty() ? out : e.expr_str;
+            } else if (e.has_str) {
+              status = 2;
+              out = e.str;
+            }
+          } catch (Unsure&) {
+            status = 3;
+          } catch (TooBig&) {
+            status = 0;
+          } catch (std::exception&) {
+            status = 3;
+          }
+        }
+        return py::make_tuple(status, py::bytes(out));
+      },
+      py::arg("response"));
+
+  m.def(
+      "debug",
+      [](py::object gold, py::object response) {
+        std::string g = to_bytes(gold.ptr()), r = to_bytes(response.ptr());
+        py::dict d;
+        auto one = [&](const std::string& text, const char* key) {
+          try {
+            Extracted e = extract(text);
+            d[(std::string(key) + "_expr").c_str()] = e.has_expr ? tree_to_string(e.expr) : std::string("<none>");
+            d[(std::string(key) + "_str").c_str()] = e.has_str ? e.str : std::string("<none>");
+          } catch (Unsure& u) {
+            d[(std::string(key) + "_unsure").c_str()] = std::string(u.why);
+          } catch (TooBig& t) {
+            d[(std::string(key) + "_toobig").c_str()] = std::string(t.why);
+          }
+        };
+        one(gold_text(g), "gold");
+        one(r, "pred");
+        try {
+          Extracted a = extract(gold_text(g)), b = extract(r);
+          Tri t = compare_extracted(a, b);
+          d["verdict"] = (int)t;
+        } catch (Unsure& u) {
+          d["verdict_unsure"] = std::string(u.why);
+        } catch (TooBig& t) {
+          d["verdict_toobig"] = std::string(t.why);
+        }
+        return d;
+      },
+      py::arg("gold"), py::arg("response"), "Debug view of one comparison (internal).");
+
+  m.def(
+      "normalize",
+      [](py::object s, int mode) { return py::bytes(normalize_latex(to_bytes(s.ptr()), mode)); },
+      py::arg("latex"), py::arg("boxed_mode") = 2, "math-verify-style LaTeX normalisation (internal).");
+}

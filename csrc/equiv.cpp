@@ -1,0 +1,894 @@
+// Equivalence of two parsed answers with math-verify's rules:
+//  - equations: "x = 3" vs "3" compares the right-hand side; relations compare lhs - rhs (also
+//    flipped, and up to a constant factor, which is what solving both gives)
+//  - sets are unordered (elements paired after sorting by value), tuples ordered, intervals
+//    compare their ends and open/closed flags; an open interval also matches a 2-element tuple
+//  - a symbol matches the same name (case-insensitive for long names) or letters multiplied
+//    together ("\text{yes}" vs "yes")
+//  - numbers: when either side is a decimal literal both are rounded to 6 decimal places
+//    (half-to-even); two integers compare as integers (so 10% equals 10); otherwise values are
+//    compared exactly (rational arithmetic on big integers) or, for pi / e / radicals /
+//    functions, numerically in double precision with a relative tolerance of 1e-12 (differences
+//    above 1e-8 are "different", anything in between is undecided)
+//  - expressions with variables: evaluated at several fixed pseudo-random points
+#include <algorithm>
+#include <cmath>
+#include <complex>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "core.hpp"
+
+namespace paced {
+namespace {
+
+using cd = std::complex<double>;
+
+struct Ctx {
+  Tree t;  // gold and prediction imported into one tree
+  int depth = 0;
+};
+
+struct DGuard {
+  int& d;
+  explicit DGuard(int& dd) : d(dd) {
+    if (++d > Limits::kMaxDepth) throw TooBig{"expression too deep"};
+  }
+  ~DGuard() { --d; }
+};
+
+// ---------------------------------------------------------------- exact rational evaluation
+bool exact(Ctx& c, int id, Rational* out) {
+  DGuard g(c.depth);
+  const Node& n = c.t.at(id);
+  switch (n.kind) {
+    case NK::Num:
+      *out = n.val;
+      return true;
+    case NK::Pct: {
+      Rational v;
+      if (!exact(c, n.kids[0], &v)) return false;
+      *out = v / Rational(100);
+      return true;
+    }
+    case NK::Add: {
+      Rational acc(0);
+      for (int k : n.kids) {
+        Rational v;
+        if (!exact(c, k, &v)) return false;
+        acc = acc + v;
+      }
+      *out = acc;
+      return true;
+    }
+    case NK::Mul: {
+      Rational acc(1);
+      for (int k : n.kids) {
+        Rational v;
+        if (!exact(c, k, &v)) return false;
+        acc = acc * v;
+      }
+      *out = acc;
+      return true;
+    }
+    case NK::Pow: {
+      Rational b, e;
+      if (!exact(c, n.kids[0], &b)) return false;
+      if (!exact(c, n.kids[1], &e)) return false;
+      if (!e.is_integer()) return false;
+      if (!e.num.fits_int64()) throw TooBig{"huge exponent"};
+      int64_t k = e.num.to_int64();
+      if (b.is_zero()) {
+        if (k < 0) throw Unsure{"zero to a negative power"};
+        *out = k == 0 ? Rational(1) : Rational(0);
+        return true;
+      }
+      uint64_t ak = (uint64_t)(k < 0 ? -k : k);
+      double digits = std::max(b.num.is_zero() ? 0.0 : b.num.log10_abs(), b.den.log10_abs()) * (double)ak;
+      if (digits > 3000) throw TooBig{"power too large"};
+      Rational r = Rational::make(BigInt::pow(b.num, ak), BigInt::pow(b.den, ak));
+      *out = k < 0 ? Rational(1) / r : r;
+      return true;
+    }
+    case NK::Func: {
+      if (n.name == "factorial") {
+        Rational v;
+        if (!exact(c, n.kids[0], &v)) return false;
+        if (!v.is_integer() || v.is_neg()) return false;
+        if (!v.num.fits_int64() || v.num.to_int64() > 1000) throw TooBig{"huge factorial"};
+        BigInt acc(1);
+        for (int64_t i = 2; i <= v.num.to_int64(); ++i) acc = acc * BigInt(i);
+        *out = Rational(acc);
+        return true;
+      }
+      if (n.name == "binomial") {
+        Rational a, b;
+        if (!exact(c, n.kids[0], &a) || !exact(c, n.kids[1], &b)) return false;
+        if (!a.is_integer() || !b.is_integer() || a.is_neg()) return false;
+        if (!a.num.fits_int64() || a.num.to_int64() > 100000) throw TooBig{"huge binomial"};
+        int64_t nn = a.num.to_int64(), kk = b.num.fits_int64() ? b.num.to_int64() : -1;
+        if (kk < 0 || kk > nn) {
+          *out = Rational(0);
+          return true;
+        }
+        kk = std::min(kk, nn - kk);
+        if (kk > 2000) throw TooBig{"huge binomial"};
+        BigInt acc(1);
+        for (int64_t i = 1; i <= kk; ++i) {
+          acc = acc * BigInt(nn - kk + i);
+          BigInt q;
+          BigInt::divmod(acc, BigInt(i), &q, nullptr);
+          acc = q;
+        }
+        *out = Rational(acc);
+        return true;
+      }
+      if (n.name == "Abs") {
+        Rational v;
+        if (!exact(c, n.kids[0], &v)) return false;
+        *out = v.is_neg() ? -v : v;
+        return true;
+      }
+      return false;
+    }
+    default:
+      return false;
+  }
+}
+
+// ---------------------------------------------------------------- numeric evaluation
+using Env = std::map<std::string, cd>;
+
+cd ev(Ctx& c, int id, const Env& env) {
+  DGuard g(c.depth);
+  const Node& n = c.t.at(id);
+  switch (n.kind) {
+    case NK::Num:
+      return cd(n.val.to_double(), 0);
+    case NK::Pct:
+      return ev(c, n.kids[0], env) / 100.0;
+    case NK::Sym: {
+      auto it = env.find(n.name);
+      if (it == env.end()) throw Unsure{"unbound symbol"};
+      return it->second;
+    }
+    case NK::Pi:
+      return cd(M_PI, 0);
+    case NK::E:
+      return cd(M_E, 0);
+    case NK::I:
+      return cd(0, 1);
+    case NK::Add: {
+      cd acc = 0;
+      for (int k : n.kids) acc += ev(c, k, env);
+      return acc;
+    }
+    case NK::Mul: {
+      cd acc = 1;
+      for (int k : n.kids) acc *= ev(c, k, env);
+      return acc;
+    }
+    case NK::Pow: {
+      const Node& e = c.t.at(n.kids[1]);
+      cd b = ev(c, n.kids[0], env);
+      if (e.kind == NK::Num && !e.isfloat && e.val.is_integer() && e.val.num.fits_int64()) {
+        int64_t k = e.val.num.to_int64();
+        if (std::llabs(k) > 100000) throw TooBig{"huge exponent"};
+        if (b == cd(0, 0) && k < 0) throw Unsure{"division by zero"};
+        return std::pow(b, (double)k);
+      }
+      cd ex = ev(c, n.kids[1], env);
+      if (b == cd(0, 0)) {
+        if (ex.real() > 0) return 0;
+        throw Unsure{"0 to a non-positive power"};
+      }
+      // real base, rational exponent with odd denominator: sympy's principal root is complex
+      // for negative bases, as is std::pow on complex numbers
+      return std::exp(ex * std::log(b));
+    }
+    case NK::Func: {
+      std::vector<cd> a;
+      for (int k : n.kids) a.push_back(ev(c, k, env));
+      const std::string& f = n.name;
+      if (f == "sin") return std::sin(a[0]);
+      if (f == "cos") return std::cos(a[0]);
+      if (f == "tan") return std::tan(a[0]);
+      if (f == "csc") return 1.0 / std::sin(a[0]);
+      if (f == "sec") return 1.0 / std::cos(a[0]);
+      if (f == "cot") return 1.0 / std::tan(a[0]);
+      if (f == "asin") return std::asin(a[0]);
+      if (f == "acos") return std::acos(a[0]);
+      if (f == "atan") return std::atan(a[0]);
+      if (f == "sinh") return std::sinh(a[0]);
+      if (f == "cosh") return std::cosh(a[0]);
+      if (f == "tanh") return std::tanh(a[0]);
+      if (f == "log") {
+        if (a[0] == cd(0, 0)) throw Unsure{"log 0"};
+        return std::log(a[0]) / std::log(a[1]);
+      }
+      if (f == "Abs") return std::abs(a[0]);
+      if (f == "factorial") {
+        if (std::abs(a[0].imag()) > 0 || a[0].real() < 0 || a[0].real() > 170) throw Unsure{"factorial"};
+        return std::tgamma(a[0].real() + 1);
+      }
+      if (f == "binomial") {
+        Rational r;
+        if (exact(c, id, &r)) return r.to_double();
+        throw Unsure{"symbolic binomial"};
+      }
+      throw Unsure{"unknown function"};
+    }
+    default:
+      throw Unsure{"not a scalar"};
+  }
+}
+
+void collect_syms(const Tree& t, int id, std::vector<std::string>* out, bool* has_func, int depth = 0) {
+  if (depth > Limits::kMaxDepth) throw TooBig{"deep"};
+  const Node& n = t.at(id);
+  if (n.kind == NK::Sym) {
+    if (std::find(out->begin(), out->end(), n.name) == out->end()) out->push_back(n.name);
+  }
+  if (n.kind == NK::Func && n.name != "Abs") *has_func = true;
+  if (n.kind == NK::Pow) {
+    const Node& e = t.at(n.kids[1]);
+    if (e.kind != NK::Num) *has_func = true;
+  }
+  for (int k : n.kids) collect_syms(t, k, out, has_func, depth + 1);
+}
+
+bool is_scalar_kind(NK k) {
+  return k == NK::Num || k == NK::Pct || k == NK::Sym || k == NK::Pi || k == NK::E || k == NK::I || k == NK::Add ||
+         k == NK::Mul || k == NK::Pow || k == NK::Func;
+}
+bool scalar_tree(const Tree& t, int id, int depth = 0) {
+  if (depth > Limits::kMaxDepth) throw TooBig{"deep"};
+  const Node& n = t.at(id);
+  if (!is_scalar_kind(n.kind)) return false;
+  for (int k : n.kids)
+    if (!scalar_tree(t, k, depth + 1)) return false;
+  return true;
+}
+
+int cmp_tol(cd a, cd b) {  // 1 equal, 0 different, -1 undecided
+  if (!std::isfinite(a.real()) || !std::isfinite(a.imag()) || !std::isfinite(b.real()) || !std::isfinite(b.imag()))
+    return -1;
+  double scale = std::max({1.0, std::abs(a), std::abs(b)});
+  double d = std::abs(a - b);
+  if (d <= 1e-12 * scale) return 1;
+  if (d > 1e-8 * scale) return 0;
+  return -1;
+}
+
+// value of a numeric (symbol-free) scalar: exact when possible, else double
+struct Val {
+  bool is_exact;
+  Rational q;
+  cd z;
+};
+Val value(Ctx& c, int id) {
+  Val v;
+  Rational r;
+  if (exact(c, id, &r)) {
+    v.is_exact = true;
+    v.q = r;
+    v.z = cd(r.to_double(), 0);
+    return v;
+  }
+  v.is_exact = false;
+  v.z = ev(c, id, Env{});
+  return v;
+}
+
+Tri values_equal(const Val& a, const Val& b) {
+  if (a.is_exact && b.is_exact) return tri_of(a.q == b.q);
+  int r = cmp_tol(a.z, b.z);
+  if (r < 0) return Tri::Unknown;
+  return tri_of(r == 1);
+}
+
+// round half to even at 6 decimals, exact; returns false when undecidable
+bool round6(const Val& v, Rational* out) {
+  if (v.is_exact) {
+    BigInt scale = BigInt::pow10(6);
+    Rational x = v.q * Rational(scale);
+    BigInt q, r;
+    BigInt::divmod(x.num, x.den, &q, &r);  // truncation toward zero
+    // floor
+    if (r.is_neg()) {
+      q = q - BigInt(1);
+      r = r + x.den;
+    }
+    // compare 2r with den
+    int c = BigInt::cmp(r * BigInt(2), x.den);
+    if (c > 0 || (c == 0 && !q.is_even())) q = q + BigInt(1);
+    *out = Rational::make(q, scale);
+    return true;
+  }
+  if (std::abs(v.z.imag()) > 1e-12 * std::max(1.0, std::abs(v.z))) return false;
+  double x = v.z.real() * 1e6;
+  if (!std::isfinite(x) || std::abs(x) > 1e15) return false;
+  double fl = std::floor(x);
+  double frac = x - fl;
+  if (std::abs(frac - 0.5) < 1e-6) return false;  // too close to a tie to know sympy's rounding
+  double rr = frac > 0.5 ? fl + 1 : fl;
+  *out = Rational::make(BigInt((int64_t)rr), BigInt::pow10(6));
+  return true;
+}
+
+// ---------------------------------------------------------------- structure helpers
+bool struct_eq(const Tree& t, int a, int b, int depth = 0) {
+  if (depth > Limits::kMaxDepth) throw TooBig{"deep"};
+  const Node& x = t.at(a);
+  const Node& y = t.at(b);
+  if (x.kind != y.kind) return false;
+  switch (x.kind) {
+    case NK::Num:
+      if (x.isfloat != y.isfloat) return false;
+      return x.val == y.val;
+    case NK::Sym:
+      return x.name == y.name;
+    case NK::Func:
+      if (x.name != y.name) return false;
+      break;
+    case NK::Rel:
+      if (x.op != y.op) return false;
+      break;
+    case NK::Interval:
+      if (x.lopen != y.lopen || x.ropen != y.ropen) return false;
+      break;
+    case NK::Matrix:
+      if (x.rows != y.rows || x.cols != y.cols) return false;
+      break;
+    case NK::FSet: {
+      // sets: same elements regardless of order (structurally)
+      std::vector<bool> used(y.kids.size(), false);
+      for (int k : x.kids) {
+        bool found = false;
+        for (size_t j = 0; j < y.kids.size(); ++j) {
+          if (struct_eq(t, k, y.kids[j], depth + 1)) {
+            found = true;
+            used[j] = true;
+          }
+        }
+        if (!found) return false;
+      }
+      for (bool u : used)
+        if (!u) return false;
+      return true;
+    }
+    default:
+      break;
+  }
+  if (x.kids.size() != y.kids.size()) return false;
+  for (size_t i = 0; i < x.kids.size(); ++i)
+    if (!struct_eq(t, x.kids[i], y.kids[i], depth + 1)) return false;
+  return true;
+}
+
+bool is_set_kind(NK k) { return k == NK::FSet || k == NK::Interval || k == NK::EmptySet; }
+bool is_setlike(NK k) { return is_set_kind(k) || k == NK::Tuple; }
+
+bool symbols_only(const Tree& t, int id, int depth = 0) {
+  if (depth > Limits::kMaxDepth) throw TooBig{"deep"};
+  const Node& n = t.at(id);
+  if (n.kind == NK::Sym) return true;
+  if (n.kind == NK::Pow) {
+    const Node& e = t.at(n.kids[1]);
+    if (e.kind == NK::Num && !e.isfloat && e.val == Rational(-1)) {
+      const Node& b = t.at(n.kids[0]);
+      if (b.kind == NK::Sym) return true;
+      if (!b.kids.empty()) {
+        for (int k : b.kids)
+          if (!symbols_only(t, k, depth + 1)) return false;
+        return true;
+      }
+    }
+  }
+  if (n.kind == NK::Num || n.kind == NK::Pi || n.kind == NK::E || n.kind == NK::I || n.kind == NK::Inf ||
+      n.kind == NK::NegInf || n.kind == NK::EmptySet)
+    return false;
+  if (!n.kids.empty()) {
+    for (int k : n.kids)
+      if (!symbols_only(t, k, depth + 1)) return false;
+    return true;
+  }
+  return false;
+}
+
+bool is_relation(const Tree& t, int id) {
+  const Node& n = t.at(id);
+  if (n.kind == NK::Rel) return true;
+  if (n.kind == NK::And && !n.kids.empty()) {
+    for (int k : n.kids)
+      if (t.at(k).kind != NK::Rel) return false;
+    return true;
+  }
+  return false;
+}
+bool is_equation(const Tree& t, int id) {
+  const Node& n = t.at(id);
+  if (n.kind == NK::Rel) return n.op == RelOp::Eq;
+  if (n.kind == NK::And && !n.kids.empty()) {
+    for (int k : n.kids)
+      if (!(t.at(k).kind == NK::Rel && t.at(k).op == RelOp::Eq)) return false;
+    return true;
+  }
+  return false;
+}
+bool is_assignment(const Tree& t, int id) {
+  const Node& n = t.at(id);
+  if (n.kind == NK::Rel && n.op == RelOp::Eq) return symbols_only(t, n.kids[0]);
+  if (n.kind == NK::And && !n.kids.empty()) return is_equation(t, id) && symbols_only(t, t.at(n.kids[0]).kids[0]);
+  return false;
+}
+int last_rel(const Tree& t, int id) {
+  const Node& n = t.at(id);
+  return n.kind == NK::And ? last_rel(t, n.kids.back()) : id;
+}
+int first_rel(const Tree& t, int id) {
+  const Node& n = t.at(id);
+  return n.kind == NK::And ? n.kids[0] : id;
+}
+
+Tri expr_eq(Ctx& c, int g, int p);
+
+// sympy's Interval(l, r, lo, ro) and latex2sympy's "empty interval is a tuple" rule
+int resolve_interval(Ctx& c, int id) {
+  const Node n = c.t.at(id);
+  if (n.kind != NK::Interval) return id;
+  int l = n.kids[0], r = n.kids[1];
+  std::vector<std::string> syms;
+  bool hf = false;
+  collect_syms(c.t, l, &syms, &hf);
+  collect_syms(c.t, r, &syms, &hf);
+  if (!syms.empty()) throw Unsure{"symbolic interval"};
+  auto num = [&](int k, double* v) {
+    NK kk = c.t.at(k).kind;
+    if (kk == NK::Inf) {
+      *v = INFINITY;
+      return;
+    }
+    if (kk == NK::NegInf) {
+      *v = -INFINITY;
+      return;
+    }
+    if (!scalar_tree(c.t, k)) throw Unsure{"interval end"};
+    cd z = value(c, k).z;
+    if (std::abs(z.imag()) > 1e-12) throw Unsure{"complex interval end"};
+    *v = z.real();
+  };
+  double a, b;
+  num(l, &a);
+  num(r, &b);
+  if (std::isfinite(a) && std::isfinite(b) && std::abs(a - b) <= 1e-9 * std::max({1.0, std::abs(a), std::abs(b)}) &&
+      a != b)
+    throw Unsure{"near-degenerate interval"};
+  if ((n.lopen && n.ropen && b <= a) || (!n.lopen && !n.ropen && b < a)) return c.t.op(NK::Tuple, {l, r});
+  if (a > b || (a == b && (n.lopen || n.ropen))) return c.t.leaf(NK::EmptySet);
+  if (a == b) return c.t.op(NK::FSet, {l});
+  return id;
+}
+
+// sort key for set elements: the (unwrapped) numeric value
+double sort_key(Ctx& c, int id) {
+  int k = id;
+  if (is_assignment(c.t, k)) k = c.t.at(last_rel(c.t, k)).kids[1];
+  if (!scalar_tree(c.t, k)) throw Unsure{"non-numeric set element"};
+  std::vector<std::string> syms;
+  bool hf = false;
+  collect_syms(c.t, k, &syms, &hf);
+  if (!syms.empty()) throw Unsure{"symbolic set element"};
+  cd z = value(c, k).z;
+  if (std::abs(z.imag()) > 1e-12 || !std::isfinite(z.real())) throw Unsure{"complex set element"};
+  return z.real();
+}
+
+std::vector<int> sorted_elems(Ctx& c, const std::vector<int>& kids) {
+  std::vector<std::pair<double, int>> v;
+  for (int k : kids) v.push_back({sort_key(c, k), k});
+  std::stable_sort(v.begin(), v.end(), [](auto& a, auto& b) { return a.first < b.first; });
+  for (size_t i = 1; i < v.size(); ++i) {
+    if (std::abs(v[i].first - v[i - 1].first) <= 1e-9 * std::max(1.0, std::abs(v[i].first)) &&
+        !struct_eq(c.t, v[i].second, v[i - 1].second))
+      throw Unsure{"tied set elements"};
+  }
+  std::vector<int> out;
+  for (auto& x : v) out.push_back(x.second);
+  return out;
+}
+
+std::vector<int> dedup(Ctx& c, const std::vector<int>& kids) {
+  std::vector<int> out;
+  for (int k : kids) {
+    bool dup = false;
+    for (int o : out)
+      if (struct_eq(c.t, k, o)) dup = true;
+    if (!dup) out.push_back(k);
+  }
+  return out;
+}
+
+Tri deep_compare(Ctx& c, int g, int p, bool g_is_set, bool p_is_set, bool p_unsorted) {
+  std::vector<int> gk = c.t.at(g).kids, pk = c.t.at(p).kids;
+  if (g_is_set) gk = dedup(c, gk);
+  if (p_is_set && !p_unsorted) pk = dedup(c, pk);
+  if (p_is_set && p_unsorted && dedup(c, pk).size() != pk.size()) throw Unsure{"duplicate set elements"};
+  if (gk.size() != pk.size()) return Tri::False;
+  if ((int)gk.size() > Limits::kMaxSetElems) throw Unsure{"large set"};
+  if (g_is_set) {
+    gk = sorted_elems(c, gk);
+    pk = sorted_elems(c, pk);
+  } else if (p_is_set && !p_unsorted) {
+    pk = sorted_elems(c, pk);
+  }
+  Tri acc = Tri::True;
+  for (size_t i = 0; i < gk.size(); ++i) {
+    acc = tri_and(acc, expr_eq(c, gk[i], pk[i]));
+    if (acc == Tri::False) return acc;
+  }
+  return acc;
+}
+
+Tri compare_sets(Ctx& c, int g, int p) {
+  g = resolve_interval(c, g);
+  p = resolve_interval(c, p);
+  NK gk = c.t.at(g).kind, pk = c.t.at(p).kind;
+  int a = is_setlike(gk) ? g : c.t.op(NK::FSet, {g});
+  int b = is_setlike(pk) ? p : c.t.op(NK::FSet, {p});
+  NK ak = c.t.at(a).kind, bk = c.t.at(b).kind;
+  if (ak == NK::Interval && bk == NK::Interval) {
+    const Node& x = c.t.at(a);
+    const Node& y = c.t.at(b);
+    if (x.lopen != y.lopen || x.ropen != y.ropen) return Tri::False;
+    return tri_and(expr_eq(c, x.kids[0], y.kids[0]), expr_eq(c, x.kids[1], y.kids[1]));
+  }
+  if (struct_eq(c.t, a, b)) return Tri::True;
+  if (ak == NK::EmptySet || bk == NK::EmptySet) {
+    if (ak == bk) return Tri::True;
+    if (ak == NK::Tuple || bk == NK::Tuple) return Tri::False;
+    if (ak == NK::FSet || bk == NK::FSet) return Tri::False;  // a non-empty finite set
+    throw Unsure{"empty set vs interval"};
+  }
+  // both sets: symmetric difference empty?  For finite sets of numbers this is value equality.
+  if (ak == NK::FSet && bk == NK::FSet) {
+    // deep comparison covers value equality with the same rounding rules; a True there is what
+    // the symmetric difference would also give for exact values
+    Tri d = deep_compare(c, a, b, true, true, false);
+    if (d != Tri::False) return d;
+    // symmetric difference uses exact equality: Float vs Rational compare by value
+    return Tri::False;
+  }
+  if ((ak == NK::FSet || ak == NK::Tuple) && (bk == NK::FSet || bk == NK::Tuple)) {
+    bool gset = ak == NK::FSet, pset = bk == NK::FSet;
+    if (!gset && pset) return deep_compare(c, a, b, false, true, true);  // tuple vs set: set kept in order
+    return deep_compare(c, a, b, gset, pset, false);
+  }
+  if (ak == NK::Interval && (bk == NK::FSet || bk == NK::Tuple)) {
+    const Node& x = c.t.at(a);
+    if (x.lopen && x.ropen && c.t.at(b).kids.size() == 2) {
+      int tup = c.t.op(NK::Tuple, {x.kids[0], x.kids[1]});
+      return deep_compare(c, tup, b, false, bk == NK::FSet, true);
+    }
+    if (bk == NK::FSet) return Tri::False;
+    return Tri::False;
+  }
+  if (bk == NK::Interval && (ak == NK::FSet || ak == NK::Tuple)) {
+    const Node& y = c.t.at(b);
+    if (y.lopen && y.ropen && c.t.at(a).kids.size() == 2) {
+      int tup = c.t.op(NK::Tuple, {y.kids[0], y.kids[1]});
+      return deep_compare(c, a, tup, ak == NK::FSet, false, false);
+    }
+    return Tri::False;
+  }
+  if (ak == NK::Matrix || bk == NK::Matrix) return Tri::False;
+  throw Unsure{"set comparison"};
+}
+
+Tri compare_symbols(Ctx& c, int g, int p) {
+  const Node& x = c.t.at(g);
+  const Node& y = c.t.at(p);
+  auto lower = [](std::string s) {
+    for (char& ch : s) ch = (char)std::tolower((unsigned char)ch);
+    return s;
+  };
+  if (x.kind == NK::Sym && lower(x.name) == "e" && y.kind == NK::E) return Tri::True;
+  if (y.kind == NK::Sym && lower(y.name) == "e" && x.kind == NK::E) return Tri::True;
+  auto concat = [&](const Node& m, std::string* out) {
+    if (m.kind != NK::Mul) return false;
+    for (int k : m.kids) {
+      const Node& a = c.t.at(k);
+      if (a.kind == NK::E) *out += "e";
+      else if (a.kind == NK::Sym) *out += a.name;
+      else return false;
+    }
+    return true;
+  };
+  std::string cat;
+  if (x.kind == NK::Sym && concat(y, &cat)) return tri_of(lower(x.name) == lower(cat));
+  cat.clear();
+  if (y.kind == NK::Sym && concat(x, &cat)) return tri_of(lower(y.name) == lower(cat));
+  if (x.kind == NK::Sym && y.kind == NK::Sym) {
+    std::string a = x.name.size() > 1 ? lower(x.name) : x.name;
+    std::string b = y.name.size() > 1 ? lower(y.name) : y.name;
+    return tri_of(a == b);
+  }
+  // str(gold) == str(pred): different kinds of expressions print differently
+  if (x.kind == NK::Sym || y.kind == NK::Sym) {
+    const Node& other = x.kind == NK::Sym ? y : x;
+    if (other.kind == NK::Num || other.kind == NK::Add || other.kind == NK::Mul || other.kind == NK::Pow ||
+        other.kind == NK::Pct || other.kind == NK::Pi || other.kind == NK::E || other.kind == NK::I ||
+        other.kind == NK::Inf || other.kind == NK::NegInf || other.kind == NK::Matrix || other.kind == NK::Func)
+      return Tri::False;
+  }
+  throw Unsure{"symbol comparison"};
+}
+
+bool atomic_num(const Tree& t, int id, bool* isfloat, bool* isint, bool* pct) {
+  const Node& n = t.at(id);
+  const Node* m = &n;
+  *pct = false;
+  if (n.kind == NK::Pct) {
+    m = &t.at(n.kids[0]);
+    *pct = true;
+  }
+  if (m->kind != NK::Num) return false;
+  *isfloat = m->isfloat;
+  *isint = !m->isfloat && m->val.is_integer();
+  return true;
+}
+
+bool has_inf(const Tree& t, int id, int depth = 0) {
+  if (depth > Limits::kMaxDepth) throw TooBig{"deep"};
+  const Node& n = t.at(id);
+  if (n.kind == NK::Inf || n.kind == NK::NegInf) return true;
+  for (int k : n.kids)
+    if (has_inf(t, k, depth + 1)) return true;
+  return false;
+}
+
+Tri numeric_or_symbolic(Ctx& c, int g, int p) {
+  const Node& x = c.t.at(g);
+  const Node& y = c.t.at(p);
+  if (x.kind == NK::Matrix || y.kind == NK::Matrix) {
+    if (x.kind != NK::Matrix || y.kind != NK::Matrix) return Tri::False;
+    if (x.rows != y.rows || x.cols != y.cols) return Tri::False;
+    Tri acc = Tri::True;
+    std::vector<int> xk = x.kids, yk = y.kids;
+    for (size_t i = 0; i < xk.size(); ++i) {
+      acc = tri_and(acc, numeric_or_symbolic(c, xk[i], yk[i]));
+      if (acc == Tri::False) return acc;
+    }
+    return acc;
+  }
+  if (!scalar_tree(c.t, g) || !scalar_tree(c.t, p)) {
+    if (has_inf(c.t, g) || has_inf(c.t, p)) throw Unsure{"infinity in an expression"};
+    if (x.kind == NK::Rel || x.kind == NK::And || y.kind == NK::Rel || y.kind == NK::And) return Tri::False;
+    throw Unsure{"non-scalar comparison"};
+  }
+  std::vector<std::string> syms;
+  bool hf = false;
+  collect_syms(c.t, g, &syms, &hf);
+  collect_syms(c.t, p, &syms, &hf);
+  bool gf, gi, gp, pf, pi, pp;
+  bool ga = atomic_num(c.t, g, &gf, &gi, &gp);
+  bool pa = atomic_num(c.t, p, &pf, &pi, &pp);
+  if (c.t.complex && !syms.empty()) throw Unsure{"complex symbols"};
+  if (ga || pa) {
+    if ((ga && gf) || (pa && pf)) {
+      if (!syms.empty()) return Tri::False;  // rounding a symbolic expression fails -> not equal
+      auto lit_digits = [&](int id) {
+        const Node& n = c.t.at(id);
+        const Node& m = n.kind == NK::Pct ? c.t.at(n.kids[0]) : n;
+        return m.kind == NK::Num && m.isfloat ? m.float_digits : 0;
+      };
+      if (lit_digits(g) > 15 || lit_digits(p) > 15) throw Unsure{"long float literal"};
+      Val a = value(c, g), b = value(c, p);
+      Rational ra, rb;
+      if (!round6(a, &ra) || !round6(b, &rb)) throw Unsure{"rounding"};
+      return tri_of(ra == rb);
+    }
+    if (ga && gi && pa && pi) {
+      const Node& xn = gp ? c.t.at(x.kids[0]) : x;
+      const Node& yn = pp ? c.t.at(y.kids[0]) : y;
+      return tri_of(xn.val == yn.val);
+    }
+    // doit() then structural equality; then simplify(a - b) == 0: equal values
+    if (!syms.empty()) return Tri::False;  // a number never equals a non-constant expression
+    Tri r = values_equal(value(c, g), value(c, p));
+    if (r == Tri::Unknown) throw Unsure{"close values"};
+    return r;
+  }
+  if (syms.empty()) {
+    Tri r = values_equal(value(c, g), value(c, p));
+    if (r == Tri::Unknown) throw Unsure{"close values"};
+    return r;
+  }
+  // variables: evaluate at fixed pseudo-random points
+  static const double pts[][4] = {{0.3781, -1.2917, 2.1183, 0.7349},
+                                  {1.6421, 0.5573, -0.8861, 2.9077},
+                                  {-0.6137, 1.9309, 0.2473, -1.4411},
+                                  {2.4519, -0.3299, 1.3187, 0.5021}};
+  int valid = 0;
+  bool all_equal = true;
+  for (int k = 0; k < 4; ++k) {
+    Env env;
+    for (size_t i = 0; i < syms.size(); ++i)
+      env[syms[i]] = cd(pts[k][i % 4] + 0.137 * (double)(i / 4), 0);
+    cd a, b;
+    try {
+      a = ev(c, g, env);
+      b = ev(c, p, env);
+    } catch (Unsure&) {
+      continue;
+    }
+    int r = cmp_tol(a, b);
+    if (r < 0) continue;
+    ++valid;
+    if (r == 0) all_equal = false;
+  }
+  if (valid < 2) throw Unsure{"could not evaluate"};
+  if (!all_equal) return Tri::False;
+  if (hf) throw Unsure{"functions of variables agree numerically"};
+  return Tri::True;
+}
+
+// relations: same type and lhs - rhs equal, flipped, or proportional (same solutions)
+Tri compare_relational(Ctx& c, int g, int p) {
+  const Node& x = c.t.at(g);
+  const Node& y = c.t.at(p);
+  if (x.kind == NK::And && y.kind == NK::And) {
+    if (x.kids.size() != y.kids.size()) return Tri::False;
+    Tri acc = Tri::True;
+    std::vector<int> xk = x.kids, yk = y.kids;
+    for (size_t i = 0; i < xk.size(); ++i) {
+      acc = tri_and(acc, compare_relational(c, xk[i], yk[i]));
+      if (acc == Tri::False) return acc;
+    }
+    return acc;
+  }
+  if (x.kind != NK::Rel || y.kind != NK::Rel) return Tri::False;
+  RelOp go = x.op, po = y.op;
+  int dg = c.t.op(NK::Add, {x.kids[0], c.t.op(NK::Mul, {c.t.num(Rational(-1)), x.kids[1]})});
+  int dp = c.t.op(NK::Add, {y.kids[0], c.t.op(NK::Mul, {c.t.num(Rational(-1)), y.kids[1]})});
+  for (int k : {x.kids[0], x.kids[1], y.kids[0], y.kids[1]})
+    if (!scalar_tree(c.t, k)) throw Unsure{"relation between non-scalars"};
+  if (go == po) {
+    Tri r = numeric_or_symbolic(c, dg, dp);
+    if (r == Tri::True) return r;
+  }
+  auto inverse = [](RelOp o) {
+    switch (o) {
+      case RelOp::Lt: return RelOp::Gt;
+      case RelOp::Gt: return RelOp::Lt;
+      case RelOp::Le: return RelOp::Ge;
+      case RelOp::Ge: return RelOp::Le;
+      default: return o;
+    }
+  };
+  if (go == RelOp::Ne) return Tri::False;  // no inverse relation: the reference gives up
+  if (inverse(go) == po) {
+    int mdp = c.t.op(NK::Mul, {c.t.num(Rational(-1)), dp});
+    Tri r = numeric_or_symbolic(c, dg, mdp);
+    if (r == Tri::True) return r;
+  }
+  // solving both sides: equal solution sets. Decide the proportional case (same solutions) and
+  // the single-variable linear case; leave the rest to the fallback.
+  bool g_eq = go == RelOp::Eq, p_eq = po == RelOp::Eq;
+  if (g_eq != p_eq) return Tri::False;
+  std::vector<std::string> syms;
+  bool hf = false;
+  collect_syms(c.t, dg, &syms, &hf);
+  collect_syms(c.t, dp, &syms, &hf);
+  if (syms.empty() || hf || c.t.complex) throw Unsure{"solve"};
+  // ratio dg / dp at several points
+  static const double pts[][4] = {{0.3781, -1.2917, 2.1183, 0.7349},
+                                  {1.6421, 0.5573, -0.8861, 2.9077},
+                                  {-0.6137, 1.9309, 0.2473, -1.4411}};
+  double ratio = 0;
+  bool prop = true;
+  for (int k = 0; k < 3; ++k) {
+    Env env;
+    for (size_t i = 0; i < syms.size(); ++i) env[syms[i]] = cd(pts[k][i % 4] + 0.137 * (double)(i / 4), 0);
+    cd a = ev(c, dg, env), b = ev(c, dp, env);
+    if (std::abs(b) < 1e-9 || std::abs(a.imag()) > 1e-9 || std::abs(b.imag()) > 1e-9) throw Unsure{"solve"};
+    double r = a.real() / b.real();
+    if (k == 0) ratio = r;
+    else if (std::abs(r - ratio) > 1e-9 * std::max(1.0, std::abs(ratio))) prop = false;
+  }
+  if (prop && std::abs(ratio) > 1e-12) {
+    if (g_eq) return Tri::True;
+    // inequalities: a positive factor keeps the direction; a negative one flips it
+    auto strict = [](RelOp o) { return o == RelOp::Lt || o == RelOp::Gt; };
+    auto up = [](RelOp o) { return o == RelOp::Gt || o == RelOp::Ge; };
+    if (strict(go) != strict(po)) return Tri::False;
+    return tri_of((up(go) == up(po)) == (ratio > 0));
+  }
+  throw Unsure{"solve"};
+}
+
+Tri expr_eq(Ctx& c, int g, int p) {
+  DGuard guard(c.depth);
+  bool gA = is_assignment(c.t, g), pA = is_assignment(c.t, p);
+  bool gE = is_equation(c.t, g), pE = is_equation(c.t, p);
+  if (gA && c.t.at(g).kind == NK::And)
+    g = c.t.rel(RelOp::Eq, c.t.at(first_rel(c.t, g)).kids[0], c.t.at(last_rel(c.t, g)).kids[1]);
+  if (pA && c.t.at(p).kind == NK::And)
+    p = c.t.rel(RelOp::Eq, c.t.at(first_rel(c.t, p)).kids[0], c.t.at(last_rel(c.t, p)).kids[1]);
+  if (pE && !gE) {
+    p = c.t.at(last_rel(c.t, p)).kids[1];
+  } else if (gA && !pE) {
+    g = c.t.at(last_rel(c.t, g)).kids[1];
+  }
+  if (is_relation(c.t, g) && is_set_kind(c.t.at(p).kind)) throw Unsure{"relation vs set"};
+  if (struct_eq(c.t, g, p)) return Tri::True;
+  bool gr = is_relation(c.t, g), pr = is_relation(c.t, p);
+  if (gr && pr) return compare_relational(c, g, p);
+  NK gk = c.t.at(g).kind, pk = c.t.at(p).kind;
+  if (is_setlike(gk) || is_setlike(pk)) return compare_sets(c, g, p);
+  if (gk == NK::Sym || pk == NK::Sym) return compare_symbols(c, g, p);
+  if (gk == NK::Inf || gk == NK::NegInf || pk == NK::Inf || pk == NK::NegInf) {
+    if ((gk == NK::Inf || gk == NK::NegInf) && (pk == NK::Inf || pk == NK::NegInf)) return tri_of(gk == pk);
+    throw Unsure{"infinity"};
+  }
+  return numeric_or_symbolic(c, g, p);
+}
+
+}  // namespace
+
+Tri answers_equal(const Tree& gold, const Tree& pred) {
+  Ctx c;
+  c.t.nodes.reserve(gold.nodes.size() + pred.nodes.size() + 64);
+  int g = c.t.import(gold, gold.root);
+  int p = c.t.import(pred, pred.root);
+  c.t.complex = gold.complex || pred.complex;
+  try {
+    return expr_eq(c, g, p);
+  } catch (std::domain_error&) {
+    throw Unsure{"arithmetic domain error"};
+  }
+}
+
+std::string tree_to_string(const Tree& t, int id) {
+  if (id < 0) id = t.root;
+  if (id < 0) return "<none>";
+  const Node& n = t.at(id);
+  auto kids = [&](const char* sep) {
+    std::string s;
+    for (size_t i = 0; i < n.kids.size(); ++i) s += (i ? sep : "") + tree_to_string(t, n.kids[i]);
+    return s;
+  };
+  switch (n.kind) {
+    case NK::Num: {
+      std::string s = n.val.num.to_string();
+      if (!n.val.den.is_one()) s += "/" + n.val.den.to_string();
+      return n.isfloat ? "F(" + s + ")" : s;
+    }
+    case NK::Pct: return "Pct(" + kids(",") + ")";
+    case NK::Sym: return n.name;
+    case NK::Pi: return "pi";
+    case NK::E: return "E";
+    case NK::I: return "I";
+    case NK::Inf: return "oo";
+    case NK::NegInf: return "-oo";
+    case NK::Add: return "Add(" + kids(",") + ")";
+    case NK::Mul: return "Mul(" + kids(",") + ")";
+    case NK::Pow: return "Pow(" + kids(",") + ")";
+    case NK::Func: return n.name + "(" + kids(",") + ")";
+    case NK::Rel: {
+      static const char* ops[] = {"Eq", "Lt", "Le", "Gt", "Ge", "Ne"};
+      return std::string(ops[(int)n.op]) + "(" + kids(",") + ")";
+    }
+    case NK::And: return "And(" + kids(",") + ")";
+    case NK::FSet: return "{" + kids(",") + "}";
+    case NK::Tuple: return "Tuple(" + kids(",") + ")";
+    case NK::Interval:
+      return std::string("Interval") + (n.lopen ? "(" : "[") + kids(",") + (n.ropen ? ")" : "]");
+    case NK::Matrix: return "Matrix" + std::to_string(n.rows) + "x" + std::to_string(n.cols) + "(" + kids(",") + ")";
+    case NK::EmptySet: return "EmptySet";
+  }
+  return "?";
+}
+
+}  // namespace paced

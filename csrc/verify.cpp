@@ -1,0 +1,48 @@
+// verify(gold, response): both go through the same extraction; the verdict is True when the two
+// parsed answers are equivalent or when their normalised answer strings are identical (as in
+// math-verify, which compares every extracted form of the gold with every form of the response).
+#include <string>
+
+#include "core.hpp"
+#include "textutil.hpp"
+
+namespace paced {
+
+namespace {
+// Golds are written the way datasets write them ("\frac{1}{2}", "x=3", "(1, 2]"); a gold with
+// no math delimiters is read as inline math, i.e. as "$gold$".
+bool needs_wrap(const std::string& g) {
+  return g.find('$') == std::string::npos && g.find("\\boxed") == std::string::npos &&
+         g.find("\\fbox") == std::string::npos && g.find("\\(") == std::string::npos &&
+         g.find("\\[") == std::string::npos;
+}
+}  // namespace
+
+std::string gold_text(const std::string& gold) { return needs_wrap(gold) ? "$" + gold + "$" : gold; }
+
+Tri compare_extracted(const Extracted& g, const Extracted& p) {
+  if (g.has_str && p.has_str) {
+    std::string a = strip(g.str), b = strip(p.str);
+    if (!a.empty() && a == b) return Tri::True;
+  }
+  if (g.has_expr && p.has_expr) return answers_equal(g.expr, p.expr);
+  return Tri::False;
+}
+
+Verdict verify_one(const std::string& gold, const std::string& response) {
+  try {
+    Extracted g = extract(gold_text(gold));
+    Extracted p = extract(response);
+    return Verdict{compare_extracted(g, p), false};
+  } catch (Unsure&) {
+    return Verdict{Tri::Unknown, false};
+  } catch (TooBig&) {
+    return Verdict{Tri::False, true};
+  } catch (LimitError&) {
+    return Verdict{Tri::False, true};
+  } catch (std::exception&) {
+    return Verdict{Tri::Unknown, false};
+  }
+}
+
+}  // namespace paced
