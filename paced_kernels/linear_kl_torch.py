@@ -191,17 +191,14 @@ def chunked_linear_kl(
         grad_h = torch.empty_like(student_hidden)
         grad_w = torch.zeros(w_s.shape, dtype=torch.promote_types(w_s.dtype, torch.float32), device=w_s.device)
 
-    def add_grads(g, h_s, rows_slice, lo, hi):
+    def add_grads(g, h_s, lo, hi):
+        """grad_W[lo:hi] += G^T h_s; returns G W_s[lo:hi] (float32 or float64)."""
         g_op = g if g.dtype == w_s.dtype else g.to(w_s.dtype)
-        part_h = _mm(g_op, w_s[lo:hi])
-        if lo == 0:
-            grad_h[rows_slice] = part_h
-        else:
-            grad_h[rows_slice] += part_h.to(grad_h.dtype)
         if g_op.dtype == grad_w.dtype:
             grad_w[lo:hi].addmm_(g_op.T, h_s)
         else:
             grad_w[lo:hi].add_(_mm(g_op.T, h_s))
+        return _mm(g_op, w_s[lo:hi])
 
     for start in range(0, n_tokens, rows):
         stop = min(start + rows, n_tokens)
@@ -212,12 +209,13 @@ def chunked_linear_kl(
             s, t = _block_logits(h_s, h_t, w_s, w_t, 0, vocab, inv_tau)
             kl[start:stop], g = _row_chunk_kl(s, t, direction, want_grad)
             if want_grad:
-                add_grads(g.mul_(scale), h_s, slice(start, stop), 0, vocab)
+                grad_h[start:stop] = add_grads(g.mul_(scale), h_s, 0, vocab)
             continue
         kl_rows, lse_s, lse_t = _vocab_block_stats(h_s, h_t, w_s, w_t, cols, inv_tau, direction)
         kl[start:stop] = kl_rows
         if not want_grad:
             continue
+        acc_h = torch.zeros((stop - start, h_s.shape[1]), dtype=out_dtype, device=h_s.device)  # fp32 over blocks
         for lo in range(0, vocab, cols):
             hi = min(lo + cols, vocab)
             s, t = _block_logits(h_s, h_t, w_s, w_t, lo, hi, inv_tau)
@@ -228,7 +226,8 @@ def chunked_linear_kl(
                 t.sub_(lse_t.unsqueeze(1))  # log p_t
                 t.sub_(s).neg_().sub_(kl_rows.unsqueeze(1))  # log p_s - log p_t - KL
                 g = s.exp_().mul_(t)
-            add_grads(g.mul_(scale), h_s, slice(start, stop), lo, hi)
+            acc_h.add_(add_grads(g.mul_(scale), h_s, lo, hi))
+        grad_h[start:stop] = acc_h
     if want_grad:
         grad_w = grad_w.to(student_weight.dtype)
     return kl, grad_h, grad_w
