@@ -797,6 +797,24 @@ Tri compare_relational(Ctx& c, int g, int p) {
     if (k == 0) ratio = r;
     else if (std::abs(r - ratio) > 1e-9 * std::max(1.0, std::abs(ratio))) prop = false;
   }
+  if (!prop && g_eq) {
+    // two affine equations with different solution sets: not proportional -> different
+    auto affine = [&](int d) {
+      for (int k = 0; k < 2; ++k) {
+        Env e1, e2, em;
+        for (size_t i = 0; i < syms.size(); ++i) {
+          double a = pts[k][i % 4] + 0.137 * (double)(i / 4), b = pts[k + 1][(i + 1) % 4] - 0.071 * (double)(i / 4);
+          e1[syms[i]] = cd(a, 0);
+          e2[syms[i]] = cd(b, 0);
+          em[syms[i]] = cd(0.3 * a + 0.7 * b, 0);
+        }
+        cd f1 = ev(c, d, e1), f2 = ev(c, d, e2), fm = ev(c, d, em);
+        if (cmp_tol(fm, 0.3 * f1 + 0.7 * f2) != 1) return false;
+      }
+      return true;
+    };
+    if (affine(dg) && affine(dp)) return Tri::False;
+  }
   if (prop && std::abs(ratio) > 1e-12) {
     if (g_eq) return Tri::True;
     // inequalities: a positive factor keeps the direction; a negative one flips it

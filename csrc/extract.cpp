@@ -301,6 +301,49 @@ void latex_final_answer(const std::string& s, std::vector<Cand>* out, int* order
   }
 }
 
+// (?i:final answer is)\:?\s*{envs}\.?\s?I hope
+void latex_final_answer_hope(const std::string& s, std::vector<Cand>* out, int* order) {
+  size_t p = 0;
+  while (p + 15 <= s.size()) {
+    if (!starts_with_icase(s, p, "final answer is")) {
+      ++p;
+      continue;
+    }
+    bool matched = false;
+    for (int colon = 1; colon >= 0 && !matched; --colon) {
+      size_t z = p + 15;
+      if (colon) {
+        if (!(z < s.size() && s[z] == ':')) continue;
+        ++z;
+      }
+      size_t w = skip_ws(s, z);
+      for (size_t t = w + 1; t-- > z && !matched;) {
+        std::vector<LatexGroup> g;
+        size_t end;
+        if (!envs_at(s, t, false, &g, &end)) continue;
+        size_t j = end;
+        if (j < s.size() && s[j] == '.') ++j;
+        bool ok = false;
+        size_t e = 0;
+        if (j < s.size() && is_space(s[j]) && starts_with(s, j + 1, "I hope")) {
+          ok = true;
+          e = j + 7;
+        } else if (starts_with(s, j, "I hope")) {
+          ok = true;
+          e = j + 6;
+        }
+        if (ok) {
+          for (auto& gg : g) gg.boxed_mode = 2;
+          out->push_back(Cand{0, p, e, (*order)++, true, g, {}});
+          p = e;
+          matched = true;
+        }
+      }
+    }
+    if (!matched) ++p;
+  }
+}
+
 // (?i:answer)(:)?.{0,50}?{envs}
 void latex_answer(const std::string& s, bool colon, int prio, std::vector<Cand>* out, int* order) {
   size_t p = 0;
@@ -351,7 +394,7 @@ const std::string& currency_class() {
 
 struct ExprRegexes {
   std::string number_re, expr_re, prefix, suffix, expr_anch, num_anch, eon;
-  Regex *final_answer, *answer_colon, *answer_plain, *expr_plain, *number_plain;
+  Regex *final_answer_hope, *final_answer, *answer_colon, *answer_plain, *expr_plain, *number_plain;
   ExprRegexes() {
     number_re =
         "(?<!\\d)(?:(?P<integer1>-?[1-9]\\d{0,2}(?:[ ,]\\d{3})+)(?P<decimal1>\\.\\d+)?|"
@@ -365,6 +408,7 @@ struct ExprRegexes {
     expr_anch = "(?:" + prefix + expr_re + suffix + ")";
     num_anch = "(?:" + prefix + currency_class() + "?" + number_re + ")";
     eon = "(?:" + expr_anch + "|" + num_anch + ")";
+    final_answer_hope = new Regex("(?i:final answer is)\\:?\\s*" + eon + "\\.?\\s?I hope");
     final_answer = new Regex("(?i:final answer.{0,100}?)\\s+is\\:?" + eon);
     answer_colon = new Regex("(?i:answer)\\:(?:.{0,100}=\\s*|.{0,50}?)" + eon + "(?!\\s*=)");
     answer_plain = new Regex("(?i:answer)(?:.{0,100}=\\s*|.{0,50}?)" + eon + "(?!\\s*=)");
@@ -570,16 +614,15 @@ Extracted extract(const std::string& text_in) {
   long steps = 20000000;
 
   Extracted res;
-  // priority 0: "final answer is ... I hope" (rare): leave to the fallback
-  if (s.find("I hope") != std::string::npos) {
-    for (size_t p = 0; p + 15 <= s.size(); ++p)
-      if (starts_with_icase(s, p, "final answer is")) throw Unsure{"'I hope' pattern"};
-  }
-  const int prios[] = {50, 100, 200, 300};
+  const int prios[] = {0, 50, 100, 200, 300};
   for (int prio : prios) {
     std::vector<Cand> cs;
     int order = 0;
-    if (prio == 50) {
+    if (prio == 0) {
+      if (s.find("I hope") == std::string::npos) continue;
+      latex_final_answer_hope(s, &cs, &order);
+      expr_matches(s, *R.final_answer_hope, 0, pf_final_answer, &cs, &order, &steps);
+    } else if (prio == 50) {
       latex_final_answer(s, &cs, &order);
       latex_plain_matches(s, 50, true, &cs, &order);
       latex_plain_boxed(s, &cs, &order);
@@ -613,7 +656,8 @@ Extracted extract(const std::string& text_in) {
       } else {
         const Regex* re;
         Regex::Match m = c.m;
-        if (prio == 50) re = R.final_answer;
+        if (prio == 0) re = R.final_answer_hope;
+        else if (prio == 50) re = R.final_answer;
         else if (prio == 100) re = R.answer_colon;
         else if (prio == 200) re = R.answer_plain;
         else {

@@ -1045,6 +1045,7 @@ int Parser::func() {
   for (int k = 0; k < 2; ++k) {
     if (ct() == T::Underscore && sub < 0) {
       ++p_;
+      if (ct() == T::ExpE) throw ParseError{};
       sub = ct() == T::LBrace ? brace_expr() : atom();
     } else if (ct() == T::Caret && sup < 0) {
       ++p_;
@@ -1216,10 +1217,11 @@ std::string Parser::sub_text() {  // after '_': atom | { expr | args } -> source
     return out;
   }
   const Tok& k = cur();
-  if (k.t == T::Num || k.t == T::Letter || k.t == T::ExpE || k.t == T::EUpper) {
+  if (k.t == T::Num || k.t == T::Letter || k.t == T::EUpper) {
     ++p_;
     return k.text;
   }
+  if (k.t == T::ExpE) throw ParseError{};  // 'e' is no atom of the grammar
   throw Unsure{"complex subscript"};
 }
 
@@ -1365,8 +1367,7 @@ int Parser::atom() {
       ++p_;
       return t_.leaf(NK::Sym, "e");
     case T::ExpE:
-      ++p_;
-      return t_.leaf(NK::E);
+      throw ParseError{};  // 'e' is no atom of the grammar (x^e, \log_e fail there too)
     case T::Diff: {
       std::string name = k.text;
       ++p_;
