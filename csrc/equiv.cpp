@@ -775,13 +775,21 @@ Tri compare_relational(Ctx& c, int g, int p) {
   }
   // solving both sides: equal solution sets. Decide the proportional case (same solutions) and
   // the single-variable linear case; leave the rest to the fallback.
+  // math-verify then solves both sides; that only succeeds (and can give True) for equations in
+  // two or more variables (a single variable's solutions come back in a form it cannot compare)
   bool g_eq = go == RelOp::Eq, p_eq = po == RelOp::Eq;
-  if (g_eq != p_eq) return Tri::False;
-  std::vector<std::string> syms;
+  if (!g_eq || !p_eq) return Tri::False;
+  std::vector<std::string> syms, gs, ps;
   bool hf = false;
-  collect_syms(c.t, dg, &syms, &hf);
-  collect_syms(c.t, dp, &syms, &hf);
-  if (syms.empty() || hf || c.t.complex) throw Unsure{"solve"};
+  collect_syms(c.t, dg, &gs, &hf);
+  collect_syms(c.t, dp, &ps, &hf);
+  if (gs.empty() || ps.empty()) throw Unsure{"solve"};
+  if (gs.size() == 1 && ps.size() == 1) return Tri::False;
+  if (gs.size() == 1 || ps.size() == 1) throw Unsure{"solve"};
+  syms = gs;
+  for (auto& v : ps)
+    if (std::find(syms.begin(), syms.end(), v) == syms.end()) syms.push_back(v);
+  if (hf || c.t.complex) throw Unsure{"solve"};
   // ratio dg / dp at several points
   static const double pts[][4] = {{0.3781, -1.2917, 2.1183, 0.7349},
                                   {1.6421, 0.5573, -0.8861, 2.9077},
@@ -816,12 +824,8 @@ Tri compare_relational(Ctx& c, int g, int p) {
     if (affine(dg) && affine(dp)) return Tri::False;
   }
   if (prop && std::abs(ratio) > 1e-12) {
-    if (g_eq) return Tri::True;
-    // inequalities: a positive factor keeps the direction; a negative one flips it
-    auto strict = [](RelOp o) { return o == RelOp::Lt || o == RelOp::Gt; };
-    auto up = [](RelOp o) { return o == RelOp::Gt || o == RelOp::Ge; };
-    if (strict(go) != strict(po)) return Tri::False;
-    return tri_of((up(go) == up(po)) == (ratio > 0));
+    if (gs.size() != ps.size()) throw Unsure{"solve"};
+    return Tri::True;
   }
   throw Unsure{"solve"};
 }

@@ -1,0 +1,176 @@
+"""paced_kernels.scoring: verdicts by kind (each with its expected value), API, adversarial inputs,
+fuzzing. Expected verdicts follow math-verify (the reference); the C++ side must decide these
+cases itself (fallback=False), so they also guard against silent regressions into the fallback."""
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st, HealthCheck
+
+from paced_kernels import scoring
+
+B = "The reasoning goes here, with $x = 2$ and $y = 3$ along the way.\n\nSo the answer is $\\boxed{%s}$."
+
+CASES = [
+    # extraction
+    ("7", "We get \\boxed{7}.", True),
+    ("7", "First \\boxed{3}, corrected: \\boxed{7}", False),  # close boxes are read as a set {3, 7}
+    ("7", "First \\boxed{3}. Then we notice an error in step two of the derivation above and we redo it carefully: \\boxed{7}", True),
+    ("7", "\\fbox{7}", False),  # \fbox only counts inside a math environment
+    ("7", "$\\fbox{7}$", True),
+    ("7", "The final answer is $7$.", True),
+    ("7", "Answer: 7", True),
+    ("7", "so it is \\(7\\)", True),
+    ("7", "so it is \\[7\\]", True),
+    ("7", "After checking all 12 cases we find 7", True),
+    ("7", "Final Answer: The final answer is $7$. I hope it is correct.", True),
+    ("7", "no answer here", False),
+    ("7", "\\boxed{\\frac{14}{2}", True),  # unbalanced braces: the rest of the text is the answer
+    ("7", "\\boxed{\\frac{14}{3}", False),
+    # normalisation
+    ("\\frac{1}{2}", B % "\\left(\\dfrac{1}{2}\\right)", True),
+    ("\\frac{1}{2}", B % "\\frac12", True),
+    ("3\\sqrt{3}", B % "3\\sqrt3", True),
+    ("5", B % "5\\text{ cm}", True),
+    ("30", B % "30^\\circ", True),
+    ("1000", B % "1,000", True),
+    ("10\\%", B % "10", True),
+    ("10\\%", B % "0.1", True),
+    ("\\text{Yes}", B % "\\mathrm{Yes}", True),
+    # numbers
+    ("123456789012345678901234567890", B % "123456789012345678901234567890", True),
+    ("123456789012345678901234567890", B % "123456789012345678901234567891", False),
+    ("\\frac{2}{3}", B % "\\frac{4}{6}", True),
+    ("\\frac{2}{3}", B % "0.666667", True),   # rounded to 6 decimals
+    ("\\frac{2}{3}", B % "0.667", False),
+    ("0.5", B % "\\frac{1}{2}", True),
+    ("2\\sqrt{2}", B % "\\sqrt{8}", True),
+    ("\\pi", B % "3.14", False),
+    ("2\\pi", B % "\\pi \\cdot 2", True),
+    ("e^2", B % "e \\cdot e", True),
+    ("1.5\\times 10^{3}", B % "1500", True),
+    ("7\\frac{1}{2}", B % "7.5", True),       # mixed number
+    ("\\pm 3", B % "3, -3", True),
+    # structures
+    ("(1, 2)", B % "(1,2)", True),
+    ("(1, 2]", B % "(1,2)", False),
+    ("[0, \\infty)", B % "[0,\\infty)", True),
+    ("\\{1,2,3\\}", B % "\\{3,1,2\\}", True),
+    ("(1,2,3)", B % "(3,2,1)", False),
+    ("x = 3", B % "3", True),
+    ("3", B % "x=3", True),
+    ("y = 2x+1", B % "y = 1+2x", True),
+    ("2x = 6", B % "x = 3", False),  # math-verify only matches equations up to a factor in 2+ variables
+    ("x + y = 3", B % "2x + 2y = 6", True),
+    ("x > 3", B % "3 < x", True),
+    ("x > 3", B % "x < 3", False),
+    ("\\begin{pmatrix}1 & 2\\\\3 & 4\\end{pmatrix}", B % "\\begin{bmatrix}1&2\\\\3&4\\end{bmatrix}", True),
+    ("\\begin{pmatrix}1 & 2\\\\3 & 4\\end{pmatrix}", B % "\\begin{pmatrix}1&2\\\\4&3\\end{pmatrix}", False),
+    # expressions with variables
+    ("x^2-1", B % "(x-1)(x+1)", True),
+    ("x^2-1", B % "(x-1)^2", False),
+    ("\\frac{a+b}{2}", B % "\\frac{b}{2}+\\frac{a}{2}", True),
+]
+
+
+@pytest.mark.parametrize("gold,response,expected", CASES)
+def test_case_table(gold, response, expected):
+    assert scoring.verify(gold, response, fallback=False) is expected
+    assert scoring.last_stats()["unknown"] == 0, "the C++ scorer should decide this case itself"
+
+
+def test_case_table_matches_math_verify():
+    ref = [scoring.math_verify_verdict(g, r, timeout=5) for g, r, _ in CASES]
+    assert ref == [e for _, _, e in CASES]
+
+
+def test_batch_pass_rates_and_stats():
+    golds = ["4", "\\frac{1}{3}"]
+    responses = [[B % "4", B % "5", B % "2+2", B % "4.0"], [B % "1/3", B % "0.3"]]
+    p = scoring.pass_rates(golds, responses, num_threads=2)
+    assert isinstance(p, np.ndarray) and p.dtype == np.float64
+    np.testing.assert_allclose(p, [0.75, 0.5])
+    st_ = scoring.last_stats()
+    assert st_["n"] == 6 and st_["decided"] == 6
+    v = scoring.verify_batch(["1", "2"], ["\\boxed{1}", "\\boxed{3}"], num_threads=1)
+    assert v == [True, False]
+
+
+def test_api_errors():
+    with pytest.raises(ValueError, match="same length"):
+        scoring.verify_batch(["1"], [])
+    with pytest.raises(ValueError, match="no responses"):
+        scoring.pass_rates(["1"], [[]])
+    with pytest.raises(TypeError):
+        scoring.verify_batch([1], ["x"])
+    with pytest.raises(TypeError, match="single string"):
+        scoring.pass_rates(["1"], ["\\boxed{1}"])
+    with pytest.raises(ValueError, match="num_threads"):
+        scoring.verify_batch(["1"], ["1"], num_threads=0)
+
+
+def test_extract_answer():
+    assert scoring.extract_answer("so $\\boxed{\\dfrac{1}{2}}$") == "\\frac{1}{2}"
+    assert scoring.extract_answer("The final answer is 42.") == "42"
+    assert scoring.extract_answer("nothing to see") is None
+
+
+def test_fallback_counts_and_toggle():
+    # \log_e is outside the C++ subset: undecided, then settled by math-verify
+    gold, resp = "\\ln 2", "\\boxed{\\log_e 2}"
+    assert scoring.verify(gold, resp, fallback=False) is False
+    assert scoring.last_stats()["unknown"] == 1 and scoring.last_stats()["fallback_used"] == 0
+    v = scoring.verify(gold, resp, fallback=True)
+    assert scoring.last_stats()["fallback_used"] == 1
+    assert v == scoring.math_verify_verdict(gold, resp, timeout=5)
+
+
+ADVERSARIAL = [
+    "x" * (1 << 20),
+    ("\\boxed{" + "1" * 1000 + "}") * 200 + "a" * (1 << 19),
+    "\\frac{" * 10000 + "1" + "}{2}" * 10000,
+    "\\boxed{" + "\\frac{" * 10000 + "1" + "}{2}" * 10000 + "}",
+    "\\boxed{5^{5^{5^5}}}",
+    "\\boxed{9^{9^{9^{9^{9}}}}}",
+    "\\boxed{100000!}",
+    "\\boxed{" + "(" * 5000 + "1" + ")" * 5000 + "}",
+    "\\boxed{" + "{" * 20000,
+    "}" * 20000 + "\\boxed{1}",
+    "$" * 100000,
+    "\\[" * 50000,
+    "answer: " * 50000 + "1",
+    "final answer is " * 20000,
+    "1,000" * 100000,
+    b"\xff\xfe\\boxed{\x80\x81}".decode("utf-8", errors="surrogateescape"),
+    b"\\boxed{\xe2\x88}".decode("utf-8", errors="replace"),
+    "\\boxed{10^{10^{10}}}",
+    "\\boxed{\\sqrt[0]{2}}",
+    "\\boxed{\\frac{1}{0}}",
+    "\\boxed{0^{-1}}",
+]
+
+
+@pytest.mark.parametrize("i", range(len(ADVERSARIAL)))
+def test_adversarial_inputs_return_a_bool(i):
+    resp = ADVERSARIAL[i]
+    for gold in ("5", "5^{5^{5^5}}", resp[:200]):
+        out = scoring.verify_batch([gold], [resp], fallback=False)
+        assert isinstance(out[0], bool)
+
+
+def test_tower_is_bounded_with_fallback_on():
+    # math-verify itself hangs on this comparison; the C++ work limit answers False, no fallback
+    assert scoring.verify("5^{5^{5^5}}", "\\boxed{5}") is False
+    s = scoring.last_stats()
+    assert s["limit"] == 1 and s["fallback_used"] == 0
+
+
+_PIECES = list("0123456789+-*/^_{}()[]$\\,.=<> xyzeEI%!|&:;") + [
+    "\\frac", "\\sqrt", "\\boxed", "\\pi", "\\left(", "\\right)", "\\pm", "\\infty", "\\text{",
+    "\\begin{pmatrix}", "\\end{pmatrix}", "\\\\", "answer", "final answer is", "\\cdot", "\\{", "\\}",
+    "\\le", "\u00e9", "\udcff"]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.sampled_from(_PIECES), max_size=60).map("".join), st.text(max_size=30))
+def test_fuzz_verify_never_crashes(resp, gold):
+    assert isinstance(scoring.verify(gold, resp, fallback=False), bool)
+    assert isinstance(scoring.verify(resp[:40], resp, fallback=False), bool)
