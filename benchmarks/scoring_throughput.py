@@ -1,0 +1,129 @@
+"""Scorer throughput and agreement: ours (C++, 1 thread and all threads) vs math-verify, same inputs.
+
+Inputs: the generated corpus of tests/test_scoring_corpus.py and the real model responses of the
+CHAMP dataset (PyPI `champ-dataset`: 270 competition problems, ~19k GPT-3.5/4/PaLM solutions).
+math-verify is slow, so it runs on a random subsample (--mv-sample per source); agreement is
+measured on that subsample, speeds on the same inputs.
+
+    python benchmarks/scoring_throughput.py [--mv-sample 400] [--champ-limit 0]
+
+Writes benchmarks/results/scoring_throughput.json and scoring_disagreements.jsonl.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+
+from paced_kernels import scoring, _scorer  # noqa: E402
+
+
+def champ_pairs(limit: int = 0):
+    import champ_dataset
+
+    ds = champ_dataset.load("v0")
+    pairs = []
+    for p in ds.problems.values():
+        for conv in p.conversations.values():
+            # the model's full solution: its longest message in the conversation
+            sols = [m.text for m in conv.messages if m.role.startswith("Model") and m.text]
+            sol = max(sols, key=len) if sols else None
+            if sol:
+                pairs.append((p.answer, sol))
+    if limit:
+        pairs = pairs[:limit]
+    return pairs
+
+
+def time_ours(golds, resps, threads):
+    t = time.perf_counter()
+    codes = _scorer.verify_codes(golds, resps, threads)
+    return time.perf_counter() - t, codes
+
+
+def bench(name, pairs, mv_sample, rng, out_dis):
+    golds = [g for g, _ in pairs]
+    resps = [r for _, r in pairs]
+    n = len(pairs)
+    t1, codes = time_ours(golds, resps, 1)
+    tall, _ = time_ours(golds, resps, None)
+    unknown = int((codes == 2).sum())
+    t = time.perf_counter()
+    ours_fb = scoring.verify_batch(golds, resps, fallback=True)
+    t_fb = time.perf_counter() - t
+    stats = scoring.last_stats()
+    idx = sorted(rng.sample(range(n), min(mv_sample, n)))
+    t = time.perf_counter()
+    ref = [scoring.math_verify_verdict(golds[i], resps[i], timeout=5) for i in idx]
+    t_mv = time.perf_counter() - t
+    agree = sum(ours_fb[i] == r for i, r in zip(idx, ref)) / len(idx)
+    dec = [(i, r) for i, r in zip(idx, ref) if codes[i] in (0, 1)]
+    agree_dec = sum(bool(codes[i]) == r for i, r in dec) / max(1, len(dec))
+    for i, r in zip(idx, ref):
+        if ours_fb[i] != r:
+            out_dis.append({"source": name, "gold": golds[i], "response_tail": resps[i][-400:], "ours": ours_fb[i],
+                            "math_verify": r, "decided_in_cpp": bool(codes[i] in (0, 1))})
+    mv_rate = len(idx) / t_mv
+    res = {
+        "pairs": n,
+        "ours_1thread_per_s": n / t1,
+        "ours_all_threads_per_s": n / tall,
+        "threads": os.cpu_count(),
+        "ours_end_to_end_with_fallback_per_s": n / t_fb,
+        "math_verify_per_s": mv_rate,
+        "speedup_1thread_vs_math_verify": (n / t1) / mv_rate,
+        "speedup_end_to_end_vs_math_verify": (n / t_fb) / mv_rate,
+        "undecided_in_cpp": unknown,
+        "undecided_share": unknown / n,
+        "limit_false": int((codes == 3).sum()),
+        "mv_sample": len(idx),
+        "agreement_with_fallback": agree,
+        "agreement_cpp_decided": agree_dec,
+        "cpp_decided_in_sample": len(dec),
+        "fallback_stats": stats,
+    }
+    return res
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--mv-sample", type=int, default=400, help="pairs per source scored by math-verify")
+    ap.add_argument("--champ-limit", type=int, default=0, help="use only the first N CHAMP pairs (0: all)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    rng = random.Random(args.seed)
+    from test_scoring_corpus import make_corpus
+
+    dis: list[dict] = []
+    results = {"generated_corpus": bench("generated", make_corpus(2400, seed=args.seed), args.mv_sample, rng, dis)}
+    try:
+        results["champ"] = bench("champ", champ_pairs(args.champ_limit), args.mv_sample, rng, dis)
+    except ImportError:
+        print("champ-dataset is not installed (pip install champ-dataset): skipping the real-text benchmark")
+    out = HERE / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "scoring_throughput.json").write_text(json.dumps(results, indent=2))
+    with open(out / "scoring_disagreements.jsonl", "w") as f:
+        for d in dis[:200]:
+            f.write(json.dumps(d) + "\n")
+    hdr = f"{'source':<12}{'pairs':>8}{'ours 1t/s':>12}{'ours all/s':>12}{'e2e/s':>10}{'mv/s':>8}{'x (1t)':>8}" \
+          f"{'x (e2e)':>9}{'undecided':>11}{'agree':>8}{'agree C++':>10}"
+    print(hdr)
+    print("-" * len(hdr))
+    for k, r in results.items():
+        print(f"{k:<12}{r['pairs']:>8}{r['ours_1thread_per_s']:>12.0f}{r['ours_all_threads_per_s']:>12.0f}"
+              f"{r['ours_end_to_end_with_fallback_per_s']:>10.0f}{r['math_verify_per_s']:>8.0f}"
+              f"{r['speedup_1thread_vs_math_verify']:>8.0f}{r['speedup_end_to_end_vs_math_verify']:>9.1f}"
+              f"{r['undecided_share']:>10.2%}{r['agreement_with_fallback']:>8.2%}{r['agreement_cpp_decided']:>10.2%}")
+    print(f"\nwrote {out / 'scoring_throughput.json'} and {len(dis)} disagreement(s) to {out / 'scoring_disagreements.jsonl'}")
+
+
+if __name__ == "__main__":
+    main()
