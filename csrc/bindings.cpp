@@ -238,6 +238,7 @@ PYBIND11_MODULE(_scorer, m) {
             d[(std::string(key) + "_str").c_str()] = e.has_str ? e.str : std::string("<none>");
           } catch (Unsure& u) {
             d[(std::string(key) + "_unsure").c_str()] = std::string(u.why);
+            d[(std::string(key) + "_candidate").c_str()] = last_candidate();
           } catch (TooBig& t) {
             d[(std::string(key) + "_toobig").c_str()] = std::string(t.why);
           }

@@ -178,6 +178,9 @@ struct Verdict {
 };
 Verdict verify_one(const std::string& gold, const std::string& response);
 
+// Debug helper: the candidate answer text this thread parsed last.
+const std::string& last_candidate();
+
 // Debug helper: a readable rendering of a tree.
 std::string tree_to_string(const Tree& t, int id = -1);
 

@@ -124,6 +124,17 @@ bool exact(Ctx& c, int id, Rational* out) {
         *out = Rational(acc);
         return true;
       }
+      if (n.name == "Mod") {  // sympy: a - b*floor(a/b), the sign of b
+        Rational a, b;
+        if (!exact(c, n.kids[0], &a) || !exact(c, n.kids[1], &b)) return false;
+        if (b.is_zero()) throw Unsure{"mod 0"};
+        Rational q = a / b;
+        BigInt fl, r;
+        BigInt::divmod(q.num, q.den, &fl, &r);  // truncation toward zero
+        if (r.is_neg()) fl = fl - BigInt(1);
+        *out = a - b * Rational(fl);
+        return true;
+      }
       if (n.name == "Abs") {
         Rational v;
         if (!exact(c, n.kids[0], &v)) return false;
@@ -208,6 +219,10 @@ cd ev(Ctx& c, int id, const Env& env) {
         return std::log(a[0]) / std::log(a[1]);
       }
       if (f == "Abs") return std::abs(a[0]);
+      if (f == "Mod") {
+        if (a[0].imag() != 0 || a[1].imag() != 0 || a[1].real() == 0) throw Unsure{"mod"};
+        return a[0].real() - a[1].real() * std::floor(a[0].real() / a[1].real());
+      }
       if (f == "factorial") {
         if (std::abs(a[0].imag()) > 0 || a[0].real() < 0 || a[0].real() > 170) throw Unsure{"factorial"};
         return std::tgamma(a[0].real() + 1);
@@ -694,11 +709,14 @@ Tri numeric_or_symbolic(Ctx& c, int g, int p) {
       const Node& yn = pp ? c.t.at(y.kids[0]) : y;
       return tri_of(xn.val == yn.val);
     }
-    // doit() then structural equality; then simplify(a - b) == 0: equal values
-    if (!syms.empty()) return Tri::False;  // a number never equals a non-constant expression
-    Tri r = values_equal(value(c, g), value(c, p));
-    if (r == Tri::Unknown) throw Unsure{"close values"};
-    return r;
+    // doit() then structural equality; then simplify(a - b) == 0: equal values. With variables
+    // on one side, simplify can still reach 0 (0*x*y, x - x + 3), so fall through to the
+    // evaluation at points below.
+    if (syms.empty()) {
+      Tri r = values_equal(value(c, g), value(c, p));
+      if (r == Tri::Unknown) throw Unsure{"close values"};
+      return r;
+    }
   }
   if (syms.empty()) {
     Tri r = values_equal(value(c, g), value(c, p));
@@ -728,7 +746,32 @@ Tri numeric_or_symbolic(Ctx& c, int g, int p) {
     ++valid;
     if (r == 0) all_equal = false;
   }
-  if (valid < 2) throw Unsure{"could not evaluate"};
+  if (valid < 2) {
+    // one side a constant too large for a double (4^{545} + 545^4), the other finite at the points:
+    // they cannot be equal
+    std::vector<std::string> gs, ps;
+    bool ghf = false, phf = false;
+    collect_syms(c.t, g, &gs, &ghf);
+    collect_syms(c.t, p, &ps, &phf);
+    if (gs.empty() != ps.empty()) {
+      int k = gs.empty() ? g : p, o = gs.empty() ? p : g;
+      Rational q;
+      if (exact(c, k, &q) && !q.is_zero() && q.num.log10_abs() - q.den.log10_abs() > 300) {
+        int finite = 0;
+        for (int j = 0; j < 4; ++j) {
+          Env env;
+          for (size_t i = 0; i < syms.size(); ++i) env[syms[i]] = cd(pts[j][i % 4] + 0.137 * (double)(i / 4), 0);
+          try {
+            cd v = ev(c, o, env);
+            if (std::isfinite(v.real()) && std::isfinite(v.imag()) && std::abs(v) < 1e250) ++finite;
+          } catch (Unsure&) {
+          }
+        }
+        if (finite >= 2) return Tri::False;
+      }
+    }
+    throw Unsure{"could not evaluate"};
+  }
   if (!all_equal) return Tri::False;
   if (hf) throw Unsure{"functions of variables agree numerically"};
   return Tri::True;

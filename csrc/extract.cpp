@@ -19,6 +19,11 @@
 #include "textutil.hpp"
 
 namespace paced {
+
+// the candidate text being parsed last in this thread (debug view of an undecided extraction)
+thread_local std::string t_last_candidate;
+const std::string& last_candidate() { return t_last_candidate; }
+
 namespace {
 
 struct LatexGroup {
@@ -491,6 +496,7 @@ bool extract_cand(const std::string& s, const Cand& c, Tree* out, std::string* s
       if (g.ce - g.cs > Limits::kMaxAnswerBytes * 4) throw TooBig{"answer too long"};
       std::string norm = normalize_latex(s.substr(g.cs, g.ce - g.cs), g.boxed_mode);
       strs.push_back(norm);
+      t_last_candidate = norm;
       ok[i] = parse_latex_answer(norm, &trees[i]);
       if (ok[i] && g.pct) wrap_pct(&trees[i]);
     }
@@ -590,6 +596,7 @@ static bool extract_expr_match(const std::string& s, const Regex& re, const Rege
   }
   if (!expr.empty()) {
     *str = expr;
+    t_last_candidate = expr;
     std::string e = expr;
     std::string conv;
     for (char c : e) {

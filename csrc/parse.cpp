@@ -893,7 +893,11 @@ int Parser::mp(bool nofunc) {
       ++p_;
       lh = div(lh, unary(nofunc));
     } else if (t == T::Cmd && cur().text == "mod") {
-      throw Unsure{"mod"};
+      // a \mod b: sympy.Mod(a, b, evaluate=False) at the level of * and /
+      ++p_;
+      int rh = unary(nofunc);
+      if (is_matrix(lh) || is_matrix(rh)) throw Unsure{"mod"};
+      lh = t_.func("Mod", {lh, rh});
     } else {
       return lh;
     }
@@ -1293,7 +1297,33 @@ int Parser::atom_expr() {
       else if (tt == T::Comma && depth == 1) comma = true;
       if (depth > 0) ++ntok;
     }
-    if (comma || ntok <= 1) throw Unsure{"function call"};
+    if (comma || ntok <= 1) {
+      // an undefined function applied to its arguments, f(x) / C(n, k), as the reference builds
+      // it (sympy.Function(name)(*args)); it never evaluates (comparisons that need its value
+      // stay undecided), but an equation's left side f(x) = ... is dropped like any other
+      if (sup >= 0 || ntok == 0 || ct() != T::LParen) throw Unsure{"function call"};
+      if (name.empty() || (name.size() == 1 && name[0] == 'I')) throw Unsure{"function call"};
+      size_t save = p_;
+      std::vector<int> args;
+      try {
+        ++p_;
+        while (true) {
+          args.push_back(expr());
+          if (accept(T::Comma)) continue;
+          expect(T::RParen);
+          break;
+        }
+      } catch (ParseError&) {
+        p_ = save;
+        throw Unsure{"function call"};
+      }
+      int f = t_.func("fn:" + name + sub, args);
+      if (ct() == T::Caret) {
+        ++p_;
+        f = t_.op(NK::Pow, {f, sup_value()});
+      }
+      return f;
+    }
   }
   // a name that is a known constant
   std::string lname;
