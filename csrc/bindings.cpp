@@ -8,6 +8,7 @@
 #include <atomic>
 #include <string>
 #include <thread>
+#include <unordered_map>
 #include <vector>
 
 #include "core.hpp"
@@ -99,8 +100,38 @@ struct GoldCache {
   Extracted ex;
 };
 
-GoldCache extract_gold(const std::string& gold) {
+// A gold the C++ side cannot read, resolved once by math-verify in Python: its parsed answer as
+// LaTeX (a number) and its string form; either may be absent.
+struct ResolvedGold {
+  bool has_expr = false, has_str = false;
+  std::string expr, str;
+};
+using Resolved = std::unordered_map<std::string, ResolvedGold>;
+
+GoldCache extract_gold(const std::string& gold, const Resolved* resolved) {
   GoldCache g;
+  if (resolved) {
+    auto it = resolved->find(gold);
+    if (it != resolved->end()) {
+      const ResolvedGold& r = it->second;
+      try {
+        g.ex.has_str = r.has_str;
+        g.ex.str = r.str;
+        if (r.has_expr) {
+          Tree t;
+          if (parse_latex(r.expr, &t) != ParseStatus::Ok) throw Unsure{"resolved gold does not parse"};
+          g.ex.has_expr = true;
+          g.ex.expr = std::move(t);
+          g.ex.expr_str = r.expr;
+        }
+        g.ok = true;
+      } catch (...) {
+        g.ok = false;
+        g.err = Verdict{Tri::Unknown, false};
+      }
+      return g;
+    }
+  }
   try {
     g.ex = extract(gold_text(gold));
     g.ok = true;
@@ -133,13 +164,35 @@ Verdict verify_with_gold(const GoldCache& g, const std::string& response) {
 }
 
 // golds[gold_index[i]] vs responses[i]
+Resolved to_resolved(py::object obj) {
+  Resolved out;
+  if (obj.is_none()) return out;
+  py::dict d = obj.cast<py::dict>();
+  for (auto item : d) {
+    std::string key = to_bytes(item.first.ptr());
+    py::tuple v = py::reinterpret_borrow<py::object>(item.second).cast<py::tuple>();
+    if (v.size() != 2) throw py::value_error("resolved golds: values must be (expr_latex | None, str | None)");
+    ResolvedGold r;
+    if (!v[0].is_none()) {
+      r.has_expr = true;
+      r.expr = to_bytes(v[0].ptr());
+    }
+    if (!v[1].is_none()) {
+      r.has_str = true;
+      r.str = to_bytes(v[1].ptr());
+    }
+    out.emplace(std::move(key), std::move(r));
+  }
+  return out;
+}
+
 py::array_t<uint8_t> score(const std::vector<std::string>& golds, const std::vector<std::string>& responses,
-                           const std::vector<size_t>& gold_index, int threads) {
+                           const std::vector<size_t>& gold_index, int threads, const Resolved* resolved = nullptr) {
   std::vector<GoldCache> gc(golds.size());
   std::vector<uint8_t> codes(responses.size(), 2);
   {
     py::gil_scoped_release release;
-    parallel_for(golds.size(), threads, [&](size_t i) { gc[i] = extract_gold(golds[i]); });
+    parallel_for(golds.size(), threads, [&](size_t i) { gc[i] = extract_gold(golds[i], resolved); });
     parallel_for(responses.size(), threads,
                  [&](size_t i) { codes[i] = code_of(verify_with_gold(gc[gold_index[i]], responses[i])); });
   }
@@ -155,7 +208,7 @@ PYBIND11_MODULE(_scorer, m) {
 
   m.def(
       "verify_codes",
-      [](py::sequence golds, py::sequence responses, py::object num_threads) {
+      [](py::sequence golds, py::sequence responses, py::object num_threads, py::object resolved_golds) {
         if (py::len(golds) != py::len(responses))
           throw py::value_error("golds and responses must have the same length, got " +
                                 std::to_string(py::len(golds)) + " and " + std::to_string(py::len(responses)));
@@ -163,14 +216,16 @@ PYBIND11_MODULE(_scorer, m) {
         auto r = to_strings(responses, "responses");
         std::vector<size_t> idx(r.size());
         for (size_t i = 0; i < idx.size(); ++i) idx[i] = i;
-        return score(g, r, idx, resolve_threads(num_threads, r.size()));
+        Resolved res = to_resolved(resolved_golds);
+        return score(g, r, idx, resolve_threads(num_threads, r.size()), res.empty() ? nullptr : &res);
       },
       py::arg("golds"), py::arg("responses"), py::arg("num_threads") = py::none(),
+      py::arg("resolved_golds") = py::none(),
       "Verdict codes per pair: 0 false, 1 true, 2 undecided, 3 false by a work limit.");
 
   m.def(
       "pass_rate_codes",
-      [](py::sequence golds, py::sequence responses, py::object num_threads) {
+      [](py::sequence golds, py::sequence responses, py::object num_threads, py::object resolved_golds) {
         if (py::len(golds) != py::len(responses))
           throw py::value_error("golds and responses must have the same length (one list of responses per gold), got " +
                                 std::to_string(py::len(golds)) + " and " + std::to_string(py::len(responses)));
@@ -190,11 +245,31 @@ PYBIND11_MODULE(_scorer, m) {
             idx.push_back(i);
           }
         }
-        auto codes = score(g, flat, idx, resolve_threads(num_threads, flat.size()));
+        Resolved res = to_resolved(resolved_golds);
+        auto codes = score(g, flat, idx, resolve_threads(num_threads, flat.size()), res.empty() ? nullptr : &res);
         return py::make_tuple(codes, counts);
       },
       py::arg("golds"), py::arg("responses"), py::arg("num_threads") = py::none(),
+      py::arg("resolved_golds") = py::none(),
       "(flat verdict codes, responses per gold) for a list of response lists per gold.");
+
+  m.def(
+      "gold_codes",
+      [](py::sequence golds) {
+        auto g = to_strings(golds, "golds");
+        std::vector<uint8_t> codes(g.size());
+        {
+          py::gil_scoped_release release;
+          for (size_t i = 0; i < g.size(); ++i) {
+            GoldCache c = extract_gold(g[i], nullptr);
+            codes[i] = c.ok ? 0 : code_of(c.err);
+          }
+        }
+        py::array_t<uint8_t> out(codes.size());
+        std::copy(codes.begin(), codes.end(), out.mutable_data());
+        return out;
+      },
+      py::arg("golds"), "Per gold: 0 read by the C++ side, 2 undecided (needs math-verify), 3 over a work limit.");
 
   m.def(
       "extract_answer",

@@ -10,7 +10,9 @@ environments, bare numbers, in math-verify's priority order), the same LaTeX nor
 same equivalence rules (see README, "Scoring"). The gold goes through the same extraction; a gold
 without math delimiters is read as inline math (``$gold$``).
 
-Pairs the C++ side cannot decide are "unknown": by default they are sent to math-verify in Python
+A gold the C++ side cannot read is first parsed once by math-verify; when that gives a plain
+number (or only a string), the C++ side scores all of that gold's responses against it.
+Pairs the C++ side still cannot decide are "unknown": by default they are sent to math-verify in Python
 (in the calling thread, with math-verify's own timeouts where it can use them), otherwise
 (``fallback=False``) they count as wrong. Inputs that would exceed a work limit (exponent towers,
 huge factorials, answers over 4 KB, ...) are judged wrong without a fallback: math-verify times out
@@ -71,6 +73,57 @@ def math_verify_verdict(gold: str, response: str, timeout: Optional[int] = None)
         mv_log.setLevel(old)
 
 
+def _gold_from_math_verify(gold: str, timeout: Optional[int]):
+    """math-verify's reading of a gold the C++ side cannot parse, as ``(expr_latex, string)`` for
+    the C++ scorer, or None when its parsed answer is not a plain number (then every pair with this
+    gold goes to the fallback)."""
+    import sympy
+    from math_verify import parse
+
+    mv_log = logging.getLogger("math_verify")
+    old = mv_log.level
+    mv_log.setLevel(logging.ERROR)
+    try:
+        items = parse(_wrap_gold(gold), parsing_timeout=timeout)
+    except Exception:  # noqa: BLE001 - an unparseable gold: every verdict is False
+        items = []
+    finally:
+        mv_log.setLevel(old)
+    expr = text = None
+    for item in items:
+        if isinstance(item, str):
+            if text is None:
+                text = item
+        elif expr is not None:
+            return None
+        elif isinstance(item, sympy.Integer):
+            expr = str(int(item))
+        elif isinstance(item, sympy.Rational):
+            p, q = int(item.p), int(item.q)
+            expr = ("-" if p < 0 else "") + f"\\frac{{{abs(p)}}}{{{q}}}"
+        else:
+            return None
+    return expr, text
+
+
+def _resolve_golds(golds: Sequence, stats: dict) -> Optional[dict]:
+    """Golds the C++ side cannot read are parsed once by math-verify (not once per response)."""
+    uniq = list(dict.fromkeys(g for g in golds if isinstance(g, str)))
+    if not uniq:
+        return None
+    codes = np.asarray(_ext().gold_codes(uniq))
+    timeout = FALLBACK_TIMEOUT_S if threading.current_thread() is threading.main_thread() else None
+    resolved = {}
+    for g, code in zip(uniq, codes):
+        if code != _CODE_UNKNOWN or len(g) > FALLBACK_MAX_CHARS:
+            continue
+        r = _gold_from_math_verify(g, timeout)
+        if r is not None:
+            resolved[g] = r
+    stats["golds_resolved"] = len(resolved)
+    return resolved or None
+
+
 def _as_str(x, what: str) -> str:
     if isinstance(x, str):
         return x
@@ -79,11 +132,13 @@ def _as_str(x, what: str) -> str:
     raise TypeError(f"{what} must be str, got {type(x).__name__}")
 
 
-def _resolve(codes: np.ndarray, golds_of, responses_of, fallback: bool) -> tuple[np.ndarray, dict]:
+def _resolve(codes: np.ndarray, golds_of, responses_of, fallback: bool, pre: Optional[dict] = None
+             ) -> tuple[np.ndarray, dict]:
     """Turns verdict codes into booleans, running the fallback on the undecided ones."""
     verdicts = codes == _CODE_TRUE
     unknown = np.flatnonzero(codes == _CODE_UNKNOWN)
     stats = {
+        **(pre or {}),
         "n": int(codes.size),
         "decided": int(((codes == _CODE_TRUE) | (codes == _CODE_FALSE)).sum()),
         "unknown": int(unknown.size),
@@ -117,7 +172,8 @@ def last_stats() -> dict:
     """How the last verify / verify_batch / pass_rates call reached its verdicts:
     ``n`` pairs, ``decided`` in C++, ``unknown`` (undecided in C++), ``fallback_used`` (sent to
     math-verify), ``fallback_true``, ``fallback_skipped_long``, ``limit`` (judged wrong by a work
-    limit)."""
+    limit), ``golds_resolved`` (distinct golds the C++ side could not read that math-verify parsed
+    once, to a number or a string, so their pairs were decided in C++)."""
     with _stats_lock:
         return dict(_last_stats)
 
@@ -130,9 +186,11 @@ def verify_batch(golds: Sequence[str], responses: Sequence[str], num_threads: Op
     responses = list(responses)
     if len(golds) != len(responses):
         raise ValueError(f"golds and responses must have the same length, got {len(golds)} and {len(responses)}")
-    codes = np.asarray(_ext().verify_codes(golds, responses, num_threads))
+    pre = {"golds_resolved": 0}
+    resolved = _resolve_golds(golds, pre) if fallback else None
+    codes = np.asarray(_ext().verify_codes(golds, responses, num_threads, resolved))
     verdicts, stats = _resolve(codes, lambda i: _as_str(golds[i], "gold"),
-                               lambda i: _as_str(responses[i], "response"), fallback)
+                               lambda i: _as_str(responses[i], "response"), fallback, pre)
     _set_stats(stats)
     return [bool(v) for v in verdicts]
 
@@ -152,7 +210,9 @@ def pass_rates(golds: Sequence[str], responses: Sequence[Sequence[str]], num_thr
     responses = [list(r) if not isinstance(r, (str, bytes)) else r for r in responses]
     if len(golds) != len(responses):
         raise ValueError(f"golds and responses must have the same length, got {len(golds)} and {len(responses)}")
-    codes, counts = _ext().pass_rate_codes(golds, responses, num_threads)
+    pre = {"golds_resolved": 0}
+    resolved = _resolve_golds(golds, pre) if fallback else None
+    codes, counts = _ext().pass_rate_codes(golds, responses, num_threads, resolved)
     codes = np.asarray(codes)
     counts = np.asarray(counts, dtype=np.int64)
     if counts.size and (counts == 0).any():
@@ -161,7 +221,7 @@ def pass_rates(golds: Sequence[str], responses: Sequence[Sequence[str]], num_thr
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]]) if counts.size else np.zeros(0, dtype=np.int64)
     verdicts, stats = _resolve(
         codes, lambda i: _as_str(golds[owner[i]], "gold"),
-        lambda i: _as_str(responses[owner[i]][i - starts[owner[i]]], "response"), fallback)
+        lambda i: _as_str(responses[owner[i]][i - starts[owner[i]]], "response"), fallback, pre)
     _set_stats(stats)
     if not counts.size:
         return np.zeros(0, dtype=np.float64)
