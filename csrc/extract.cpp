@@ -436,10 +436,33 @@ bool pf_anchor(const std::string& s, size_t p) {
 }
 
 void expr_matches(const std::string& s, const Regex& re, int prio, bool (*pf)(const std::string&, size_t),
-                  std::vector<Cand>* out, int* order, long* steps) {
+                  std::vector<Cand>* out, int* order, long* steps, size_t from = 0) {
   std::vector<Regex::Match> ms;
-  re.finditer(s, &ms, steps, pf);
+  re.finditer(s, &ms, steps, pf, from);
   for (auto& m : ms) out->push_back(Cand{prio, m.start, m.end, (*order)++, false, {}, m});
+}
+
+// Where the priority-300 number / expression scan of a long text may start. A match of those
+// regexes never contains an ASCII letter other than those of "percent" / "percentage" / "pct", so
+// finditer from the start cannot have a match spanning such a "barrier" character: scanning from
+// just after the last barrier before the final ~kTailWindow bytes finds exactly the matches that
+// a full scan finds there. Those end last, so they come first in the candidate order; only when
+// none of them (nor a LaTeX candidate ending after the barrier) parses is the full text scanned.
+constexpr size_t kTailWindow = 1024;
+bool barrier_char(char c) {
+  if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'))) return false;
+  switch (c) {
+    case 'P': case 'p': case 'e': case 'r': case 'c': case 'n': case 't': case 'a': case 'g':
+      return false;
+    default:
+      return true;
+  }
+}
+size_t tail_scan_start(const std::string& s) {
+  if (s.size() <= 2 * kTailWindow) return 0;
+  for (size_t b = s.size() - kTailWindow; b-- > 0;)
+    if (barrier_char(s[b])) return b + 1;
+  return 0;
 }
 
 // ---- candidate -> parsed answer ------------------------------------------------------------
@@ -621,8 +644,23 @@ Extracted extract(const std::string& text_in) {
   long steps = 20000000;
 
   Extracted res;
-  const int prios[] = {0, 50, 100, 200, 300};
+  const int prios[] = {0, 50, 100, 200, 300, 301};
+  size_t from = 0;  // priority 300: scan start of the number / expression regexes
+  bool has_str_before = false;
+  std::string str_before;
   for (int prio : prios) {
+    if (prio == 300) {
+      from = tail_scan_start(s);
+      has_str_before = res.has_str;
+      str_before = res.str;
+      if (from == 0) continue;  // short text: one full scan (as priority "301")
+    }
+    if (prio == 301) {  // the full scan, when the tail scan found nothing that parses
+      res.has_str = has_str_before;
+      res.str = str_before;
+      from = 0;
+      prio = 300;
+    }
     std::vector<Cand> cs;
     int order = 0;
     if (prio == 0) {
@@ -643,9 +681,9 @@ Extracted extract(const std::string& text_in) {
     } else {
       latex_plain_matches(s, 300, false, &cs, &order);
       size_t before = cs.size();
-      expr_matches(s, *R.expr_plain, 300, pf_anchor, &cs, &order, &steps);
+      expr_matches(s, *R.expr_plain, 300, pf_anchor, &cs, &order, &steps, from);
       size_t mid = cs.size();
-      expr_matches(s, *R.number_plain, 300, pf_anchor, &cs, &order, &steps);
+      expr_matches(s, *R.number_plain, 300, pf_anchor, &cs, &order, &steps, from);
       // remember which regex made which match
       for (size_t i = before; i < cs.size(); ++i) cs[i].m.groups.push_back({i < mid ? 1 : 2, 0});
     }
@@ -677,6 +715,7 @@ Extracted extract(const std::string& text_in) {
         res.has_str = true;
         res.str = str;
       }
+      if (got && prio == 300 && from > 0 && c.end <= from) break;  // not provably last: full scan
       if (got) {
         res.has_expr = true;
         res.expr = std::move(t);

@@ -98,6 +98,27 @@ Regex::Regex(const std::string& pattern, bool dotall) : dotall_(dotall) {
   nodes_[(size_t)t].next = acc;
   start_ = h;
   ngroups_ = (int)names_.size();
+  // lookarounds whose sub-pattern sets no capture group need not save and restore the groups
+  for (auto& n : nodes_) {
+    if (n.t != RNode::LookBehindNot && n.t != RNode::LookAheadNot && n.t != RNode::LookAhead) continue;
+    std::vector<int> stack{n.sub};
+    std::vector<bool> seen(nodes_.size(), false);
+    bool groups = false;
+    while (!stack.empty() && !groups) {
+      int k = stack.back();
+      stack.pop_back();
+      if (k < 0 || seen[(size_t)k]) continue;
+      seen[(size_t)k] = true;
+      const RNode& x = nodes_[(size_t)k];
+      if ((x.t == RNode::Open || x.t == RNode::Close) && x.group >= 0) groups = true;
+      if (x.t == RNode::Accept) continue;
+      stack.push_back(x.next);
+      stack.push_back(x.body);
+      stack.push_back(x.sub);
+      for (int b : x.branches) stack.push_back(b);
+    }
+    n.sub_sets_groups = groups;
+  }
 }
 
 int Regex::group_index(const std::string& name) const {
@@ -466,6 +487,35 @@ struct RegexMatcher {
       case Regex::RNode::Rep: {
         if (n.simple) {
           const Regex::RNode& body = re.nodes_[(size_t)n.body];
+          if (!n.greedy) {  // lazy: try the continuation after 0, 1, 2, ... repetitions
+            size_t p = pos, nx;
+            for (int cnt = 0;; ++cnt) {
+              if (cnt >= n.min && m(n.next, p)) return true;
+              if (!(n.max < 0 || cnt < n.max) || !single(body, p, &nx)) return false;
+              p = nx;
+              if (--*steps < 0) throw Unsure{"regex step budget"};
+            }
+          }
+          {  // greedy over single-byte characters: no position list needed
+            size_t p = pos, nx;
+            int cnt = 0;
+            bool ascii = true;
+            while ((n.max < 0 || cnt < n.max) && single(body, p, &nx)) {
+              if (nx != p + 1) {
+                ascii = false;
+                break;
+              }
+              p = nx;
+              ++cnt;
+              if (--*steps < 0) throw Unsure{"regex step budget"};
+            }
+            if (ascii) {
+              if (cnt < n.min) return false;
+              for (int k = cnt; k >= n.min; --k)
+                if (m(n.next, pos + (size_t)k)) return true;
+              return false;
+            }
+          }
           std::vector<size_t> ps{pos};
           size_t p = pos, nx;
           while ((n.max < 0 || (int)ps.size() - 1 < n.max) && single(body, p, &nx)) {
@@ -500,7 +550,9 @@ struct RegexMatcher {
         return ok;
       }
       case Regex::RNode::LookBehindNot: {
-        if (pos > 0) {
+        if (pos > 0 && !n.sub_sets_groups) {
+          if (m(n.sub, prev_cp(s, pos))) return false;
+        } else if (pos > 0) {
           size_t pp = prev_cp(s, pos);
           auto saved = groups;
           bool hit = m(n.sub, pp);
@@ -510,6 +562,10 @@ struct RegexMatcher {
         return m(n.next, pos);
       }
       case Regex::RNode::LookAheadNot: {
+        if (!n.sub_sets_groups) {
+          if (m(n.sub, pos)) return false;
+          return m(n.next, pos);
+        }
         auto saved = groups;
         bool hit = m(n.sub, pos);
         groups = saved;
@@ -546,17 +602,26 @@ bool Regex::match_at(const std::string& s, size_t pos, Match* out, long* steps) 
 }
 
 void Regex::finditer(const std::string& s, std::vector<Match>* out, long* steps,
-                     bool (*prefilter)(const std::string&, size_t)) const {
-  size_t pos = 0;
+                     bool (*prefilter)(const std::string&, size_t), size_t from) const {
+  size_t pos = from;
+  RegexMatcher mm(*this, s, steps);  // reused across positions (no allocation per attempt)
   while (pos <= s.size()) {
     if (prefilter && !prefilter(s, pos)) {
       pos = pos < s.size() ? next_cp(s, pos) : pos + 1;
       continue;
     }
-    Match m;
-    if (match_at(s, pos, &m, steps)) {
-      out->push_back(m);
-      pos = m.end > pos ? m.end : next_cp(s, pos);
+    // groups are restored on every failed path; only a success leaves them set
+    mm.depth = 0;
+    mm.end = 0;
+    if (mm.m(start_, pos)) {
+      Match m;
+      m.start = pos;
+      m.end = mm.end;
+      m.groups = mm.groups;
+      m.groups[0] = {(long)pos, (long)mm.end};
+      std::fill(mm.groups.begin(), mm.groups.end(), std::pair<long, long>{-1, -1});
+      out->push_back(std::move(m));
+      pos = out->back().end > pos ? out->back().end : next_cp(s, pos);
     } else {
       pos = pos < s.size() ? next_cp(s, pos) : pos + 1;
     }

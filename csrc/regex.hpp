@@ -22,9 +22,10 @@ class Regex {
   };
   // Python re.match at `pos` (anchored there). `steps` is a shared budget decremented per step.
   bool match_at(const std::string& s, size_t pos, Match* m, long* steps) const;
-  // Python re.finditer semantics over s (non-overlapping, left to right).
+  // Python re.finditer semantics over s (non-overlapping, left to right), scanning from `from`
+  // (lookbehinds and ^ still see the whole string).
   void finditer(const std::string& s, std::vector<Match>* out, long* steps,
-                bool (*prefilter)(const std::string&, size_t) = nullptr) const;
+                bool (*prefilter)(const std::string&, size_t) = nullptr, size_t from = 0) const;
   int group_index(const std::string& name) const;
   int num_groups() const { return ngroups_; }
 
@@ -43,8 +44,9 @@ class Regex {
     int rep = -1;  // RepTail -> its Rep
     // group
     int group = -1;
-    // lookaround: sub-chain start
+    // lookaround: sub-chain start; whether the sub-chain sets capture groups
     int sub = -1;
+    bool sub_sets_groups = true;
   };
 
  private:
