@@ -428,11 +428,19 @@ const ExprRegexes& expr_regexes() {
 
 bool pf_final_answer(const std::string& s, size_t p) { return starts_with_icase(s, p, "final answer"); }
 bool pf_answer(const std::string& s, size_t p) { return starts_with_icase(s, p, "answer"); }
+// a number / expression match starts with \s or '=' (or at ^), then optional "**", then one of
+// - ( . a digit or a currency sign ($ or non-ASCII)
 bool pf_anchor(const std::string& s, size_t p) {
   if (p == 0) return true;
   if (p >= s.size()) return false;
   unsigned char c = (unsigned char)s[p];
-  return is_space((char)c) || c == '=' || c >= 0xC2;
+  if (c >= 0xC2) return true;  // a non-ASCII space may start it: let the regex decide
+  if (!(is_space((char)c) || c == '=')) return false;
+  size_t q = p + 1;
+  if (q + 1 < s.size() && s[q] == '*' && s[q + 1] == '*') q += 2;
+  if (q >= s.size()) return false;
+  unsigned char d = (unsigned char)s[q];
+  return is_digit((char)d) || d == '-' || d == '(' || d == '.' || d == '$' || d >= 0x80 || d == '*';
 }
 
 void expr_matches(const std::string& s, const Regex& re, int prio, bool (*pf)(const std::string&, size_t),
@@ -448,7 +456,7 @@ void expr_matches(const std::string& s, const Regex& re, int prio, bool (*pf)(co
 // just after the last barrier before the final ~kTailWindow bytes finds exactly the matches that
 // a full scan finds there. Those end last, so they come first in the candidate order; only when
 // none of them (nor a LaTeX candidate ending after the barrier) parses is the full text scanned.
-constexpr size_t kTailWindow = 1024;
+constexpr size_t kTailWindow = 256;
 bool barrier_char(char c) {
   if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'))) return false;
   switch (c) {
@@ -459,7 +467,7 @@ bool barrier_char(char c) {
   }
 }
 size_t tail_scan_start(const std::string& s) {
-  if (s.size() <= 2 * kTailWindow) return 0;
+  if (s.size() <= kTailWindow) return 0;
   for (size_t b = s.size() - kTailWindow; b-- > 0;)
     if (barrier_char(s[b])) return b + 1;
   return 0;
@@ -693,6 +701,7 @@ Extracted extract(const std::string& text_in) {
       return a.start < b.start;
     });
     for (const Cand& c : cs) {
+      if (prio == 300 && from > 0 && c.end <= from) break;  // not provably last: full scan
       Tree t;
       std::string str;
       bool got;
@@ -715,7 +724,6 @@ Extracted extract(const std::string& text_in) {
         res.has_str = true;
         res.str = str;
       }
-      if (got && prio == 300 && from > 0 && c.end <= from) break;  // not provably last: full scan
       if (got) {
         res.has_expr = true;
         res.expr = std::move(t);
