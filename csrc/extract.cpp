@@ -43,10 +43,34 @@ struct Cand {
 
 // ---- LaTeX environments ----------------------------------------------------------------------
 
+// Memo of "first position >= from where X occurs" for the text being extracted: the scans below
+// ask it for increasing `from`, so a text of many "\[" without "\]" costs O(n), not O(n^2).
+struct NextCache {
+  const char* data = nullptr;
+  size_t size = 0, from = 0, res = 0;
+  bool valid = false;
+};
+thread_local NextCache t_next_close_bracket, t_next_close_paren, t_next_boxed;
+
+template <class F>
+size_t cached_next(NextCache& c, const std::string& s, size_t from, F compute) {
+  if (c.valid && c.data == s.data() && c.size == s.size() && from >= c.from &&
+      (c.res == std::string::npos || c.res >= from))
+    return c.res;
+  size_t r = compute(from);
+  c.data = s.data();
+  c.size = s.size();
+  c.from = from;
+  c.res = r;
+  c.valid = true;
+  return r;
+}
+
+
 bool has_boxed(const std::string& s, size_t a, size_t b) {  // \boxed{X+?} inside [a, b)
   size_t pos = a;
   while (true) {
-    size_t f = s.find("\\boxed{", pos);
+    size_t f = cached_next(t_next_boxed, s, pos, [&](size_t from) { return s.find("\\boxed{", from); });
     if (f == std::string::npos || f + 7 > b) return false;
     size_t close = s.find('}', f + 8);
     if (close != std::string::npos && close < b) return true;
@@ -96,7 +120,7 @@ bool env_core(const std::string& s, size_t p, bool boxed, size_t* end, size_t* c
   }
   // \[ ... \]
   if (c == '\\' && p + 1 < n && s[p + 1] == '[' && !esc_before) {
-    size_t q = s.find("\\]", p + 2);
+    size_t q = cached_next(t_next_close_bracket, s, p + 2, [&](size_t f) { return s.find("\\]", f); });
     if (q != std::string::npos && q > p + 2 && s[q - 1] != '\\' && (!boxed || has_boxed(s, p + 2, q))) {
       *cs = p + 2;
       *ce = q;
@@ -127,7 +151,13 @@ bool env_core(const std::string& s, size_t p, bool boxed, size_t* end, size_t* c
   }
   // \( ... \)
   if (c == '\\' && p + 1 < n && s[p + 1] == '(' && !esc_before) {
-    size_t i = p + 2;
+    // the first "\)" or newline after the opener
+    size_t i = cached_next(t_next_close_paren, s, p + 2, [&](size_t f) {
+      for (size_t k = f; k < n; ++k)
+        if (s[k] == '\n' || (s[k] == '\\' && k + 1 < n && s[k + 1] == ')')) return k;
+      return std::string::npos;
+    });
+    if (i == std::string::npos) i = n;
     while (i < n) {
       if (s[i] == '\\' && i + 1 < n && s[i + 1] == ')') {
         if (i > p + 2 && s[i - 1] != '\\' && (!boxed || has_boxed(s, p + 2, i))) {
@@ -649,6 +679,9 @@ Extracted extract(const std::string& text_in) {
   }
   const std::string& s = *tp;
   const ExprRegexes& R = expr_regexes();
+  t_next_close_bracket.valid = false;
+  t_next_close_paren.valid = false;
+  t_next_boxed.valid = false;
   long steps = 20000000;
 
   Extracted res;
