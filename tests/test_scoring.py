@@ -68,6 +68,25 @@ CASES = [
     ("x^2-1", B % "(x-1)(x+1)", True),
     ("x^2-1", B % "(x-1)^2", False),
     ("\\frac{a+b}{2}", B % "\\frac{b}{2}+\\frac{a}{2}", True),
+    ("0 roots", B % "0", True),           # a product with a literal 0 factor simplifies to 0
+    ("3", B % "x - x + 3", True),
+    ("No", B % "4^{545}+545^4", False),   # a constant beyond double range vs symbols
+    # undefined functions f(x), C(n, k): the left side of an equation is dropped like any other
+    ("-2x+2", B % "R(x) = -2x + 2", True),
+    ("125", B % "p(7)=1", False),
+    ("1", B % "p(7)=1", True),
+    ("f(x)=0", B % "f(x)=0", True),
+    ("C(n+1, 2m+1)", B % "C(n+1,2m+1)", True),
+    # \mod is sympy's Mod (sign of the divisor)
+    ("1", B % "7 \\mod 3", True),
+    ("2", B % "-5 \\mod 7", True),
+    ("2", B % "n \\mod 1982 = 2", True),
+    ("0", B % "n \\mod 1982 = 2", False),
+    # long plain text: the number scan starts near the end, the full scan only when needed
+    ("42", "Some text here. " * 40 + "so we get 42", True),
+    ("42", "We find 42. " + "Nothing more to say here at all. " * 20, True),
+    ("7", "We find $7$ here. " + "Nothing more to say at all here. " * 12, True),
+    ("7", "We find $7$ here. " + "Nothing more to say, the sum 3 + 4 holds. " * 12, True),
 ]
 
 
@@ -111,6 +130,20 @@ def test_extract_answer():
     assert scoring.extract_answer("so $\\boxed{\\dfrac{1}{2}}$") == "\\frac{1}{2}"
     assert scoring.extract_answer("The final answer is 42.") == "42"
     assert scoring.extract_answer("nothing to see") is None
+
+
+def test_unreadable_gold_is_parsed_once_by_math_verify():
+    # natural-language golds (CHAMP has many) are outside the C++ subset; math-verify reads this one
+    # as the number 0 once, and the C++ side scores every response against that
+    gold = "0 (i.e., no real-valued zeros)"
+    resps = [B % "0", B % "1", "There are no zeros, so the answer is 0 (i.e., no real-valued zeros)", B % "x"]
+    got = scoring.verify_batch([gold] * len(resps), resps)
+    s = scoring.last_stats()
+    assert s["golds_resolved"] == 1 and s["unknown"] == 0 and s["fallback_used"] == 0
+    assert got == [scoring.math_verify_verdict(gold, r, timeout=5) for r in resps]
+    assert scoring.pass_rates([gold], [resps])[0] == sum(got) / len(got)
+    scoring.verify_batch([gold], [resps[0]], fallback=False)  # no math-verify at all: undecided
+    assert scoring.last_stats()["unknown"] == 1
 
 
 def test_fallback_counts_and_toggle():
