@@ -1,6 +1,16 @@
 """paced_kernels.scoring: verdicts by kind (each with its expected value), API, adversarial inputs,
 fuzzing. Expected verdicts follow math-verify (the reference); the C++ side must decide these
-cases itself (fallback=False), so they also guard against silent regressions into the fallback."""
+cases itself (fallback=False), so they also guard against silent regressions into the fallback.
+
+Local AddressSanitizer/UBSan run (python itself is not instrumented, so the ASan runtime and
+libstdc++ must both be preloaded, or ASan aborts on the first C++ exception):
+
+    PACED_ASAN=1 pip install -e . --no-build-isolation --no-deps
+    LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libstdc++.so)" \
+        ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=print_stacktrace=1 \
+        python -m pytest -p no:cacheprovider tests/test_scoring.py tests/test_scoring_corpus.py
+    pip install -e . --no-build-isolation --no-deps    # back to the -O3 build
+"""
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st, HealthCheck
