@@ -230,7 +230,13 @@ cd ev(Ctx& c, int id, const Env& env) {
       if (f == "binomial") {
         Rational r;
         if (exact(c, id, &r)) return r.to_double();
-        throw Unsure{"symbolic binomial"};
+        // real arguments: Gamma(n+1) / (Gamma(k+1) Gamma(n-k+1)), away from the poles
+        if (a[0].imag() != 0 || a[1].imag() != 0) throw Unsure{"symbolic binomial"};
+        double n = a[0].real(), k = a[1].real();
+        for (double x : {n + 1, k + 1, n - k + 1})
+          if (x <= 0 && std::abs(x - std::round(x)) < 1e-9) throw Unsure{"symbolic binomial"};
+        if (std::abs(n) > 100 || std::abs(k) > 100) throw Unsure{"symbolic binomial"};
+        return std::tgamma(n + 1) / (std::tgamma(k + 1) * std::tgamma(n - k + 1));
       }
       throw Unsure{"unknown function"};
     }
@@ -663,6 +669,15 @@ bool has_inf(const Tree& t, int id, int depth = 0) {
   return false;
 }
 
+bool has_undef_call(const Tree& t, int id, int depth = 0) {
+  if (depth > Limits::kMaxDepth) throw TooBig{"deep"};
+  const Node& n = t.at(id);
+  if (n.kind == NK::Func && n.name.rfind("fn:", 0) == 0) return true;
+  for (int k : n.kids)
+    if (has_undef_call(t, k, depth + 1)) return true;
+  return false;
+}
+
 Tri numeric_or_symbolic(Ctx& c, int g, int p) {
   const Node& x = c.t.at(g);
   const Node& y = c.t.at(p);
@@ -747,6 +762,14 @@ Tri numeric_or_symbolic(Ctx& c, int g, int p) {
     if (r == 0) all_equal = false;
   }
   if (valid < 2) {
+    // an undefined function applied to arguments, f(x) or C(n, k), against an expression without
+    // any undefined function: their difference never simplifies to 0
+    auto is_undef_call = [&](int id) {
+      const Node& n = c.t.at(id);
+      return n.kind == NK::Func && n.name.rfind("fn:", 0) == 0;
+    };
+    if ((is_undef_call(g) && !has_undef_call(c.t, p)) || (is_undef_call(p) && !has_undef_call(c.t, g)))
+      return Tri::False;
     // one side a constant too large for a double (4^{545} + 545^4), the other finite at the points:
     // they cannot be equal
     std::vector<std::string> gs, ps;

@@ -87,6 +87,9 @@ CASES = [
     ("1", B % "p(7)=1", True),
     ("f(x)=0", B % "f(x)=0", True),
     ("C(n+1, 2m+1)", B % "C(n+1,2m+1)", True),
+    ("C(n+1, 2m+1)", B % "2", False),     # an undefined function never equals what lacks one
+    ("x^2", B % "f(x)", False),
+    ("4^n", B % "\\binom{2n}{n}", False),  # symbolic binomials evaluate through Gamma
     # \mod is sympy's Mod (sign of the divisor)
     ("1", B % "7 \\mod 3", True),
     ("2", B % "-5 \\mod 7", True),
