@@ -20,6 +20,7 @@ on them. :func:`last_stats` reports how the last call's verdicts were reached.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from typing import Optional, Sequence
@@ -73,6 +74,7 @@ def math_verify_verdict(gold: str, response: str, timeout: Optional[int] = None)
         mv_log.setLevel(old)
 
 
+@functools.lru_cache(maxsize=4096)
 def _gold_from_math_verify(gold: str, timeout: Optional[int]):
     """math-verify's reading of a gold the C++ side cannot parse, as ``(expr_latex, string)`` for
     the C++ scorer, or None when its parsed answer is not a plain number (then every pair with this
