@@ -143,5 +143,38 @@ def test_snr_run_writes_figure_and_numbers(tmp_path):
     result = run_snr(tmp_path, n_problems=3, k=2)
     assert (tmp_path / "snr.png").stat().st_size > 0
     saved = json.loads((tmp_path / "snr.json").read_text())
-    assert len(saved["problems"]) == 3 and sum(b["n"] for b in saved["bins"]) == 3
+    assert set(saved["bins"]) == {"reverse", "forward"} == set(saved["problems"])
+    for direction in ("reverse", "forward"):
+        assert len(saved["problems"][direction]) == 3 and sum(b["n"] for b in saved["bins"][direction]) == 3
     assert result["k"] == 2
+    with pytest.raises(ValueError, match="directions"):
+        run_snr(tmp_path, n_problems=1, k=2, directions=("sideways",))
+
+
+def test_problem_gradients_match_full_logit_autograd():
+    """The lm_head gradient of the summed reverse KL equals autograd through full logits."""
+    pytest.importorskip("paced_kernels")
+    from paced_train.analysis.snr import problem_gradients
+
+    student, tok = _load("toy://student")
+    teacher, _ = _load("toy://teacher")
+    prompt = tok.apply_chat_template([{"role": "user", "content": "Compute 2+4."}],
+                                     add_generation_prompt=True, tokenize=False)
+    p_ids = tok(prompt)["input_ids"]
+    responses = [tok("2+4=6. \\boxed{6}")["input_ids"] + [tok.eos_token_id],
+                 tok("2+4=7. \\boxed{7}")["input_ids"] + [tok.eos_token_id],
+                 tok("2+4=6. \\boxed{6}")["input_ids"] + [tok.eos_token_id]]
+    grads = problem_gradients(student, teacher, p_ids, p_ids, responses, direction="reverse")
+    assert torch.equal(grads[0], grads[2]) and not torch.equal(grads[0], grads[1])
+    for row, r in zip(grads, responses):
+        ids = torch.tensor([p_ids + r])
+        with torch.no_grad():
+            hs = student.model(input_ids=ids).last_hidden_state[0].double()
+            ht = teacher.model(input_ids=ids).last_hidden_state[0].double()
+        pos = slice(len(p_ids) - 1, len(p_ids) - 1 + len(r))
+        w = student.lm_head.weight.detach().double().clone().requires_grad_(True)
+        log_s = torch.log_softmax(hs[pos] @ w.T, -1)
+        log_t = torch.log_softmax(ht[pos] @ teacher.lm_head.weight.detach().double().T, -1)
+        kl = (log_s.exp() * (log_s - log_t)).sum()
+        (ref,) = torch.autograd.grad(kl, w)
+        torch.testing.assert_close(row.double(), ref.reshape(-1), rtol=1e-4, atol=1e-5)
