@@ -109,6 +109,14 @@ def test_difficulty_is_graded_and_recorded(splits):
     assert all(mean_len[a] < mean_len[b] for a, b in zip(DIFFICULTIES, DIFFICULTIES[1:]))
 
 
+def test_large_splits_survive_the_small_easy_level():
+    """Difficulty 1 has only 190 distinct problems: it leaves the cycle, the others fill the rest."""
+    big = toy_splits(seed=1, n_train=1200, n_eval=100, n_mc=0)
+    texts = [r["problem"] for r in big["train"] + big["eval"]]
+    assert len(texts) == len(set(texts)) == 1300
+    assert sum(r["difficulty"] == 1 for r in big["train"] + big["eval"]) <= 190
+
+
 def test_mc_set_is_well_formed(splits):
     assert len(splits["mc"]) == 64
     letters = []

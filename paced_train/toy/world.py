@@ -37,6 +37,7 @@ __all__ = [
 ]
 
 MAX_VALUE = 999  # every intermediate value stays in [0, MAX_VALUE]
+_MAX_MISSES = 500  # consecutive duplicates after which a level counts as exhausted
 
 
 @dataclass(frozen=True)
@@ -118,29 +119,40 @@ def generate_problems(rng: random.Random, n: int, difficulties=DIFFICULTIES,
     """``n`` distinct problems cycling through ``difficulties`` (shuffled per cycle).
 
     Problems whose text is in ``exclude`` are skipped; the texts of the returned problems are
-    added to it, so successive calls sharing one set never overlap.
+    added to it, so successive calls sharing one set never overlap. A level that has run out of
+    new problems (difficulty 1 has only 190 distinct ones) leaves the cycle and the other levels
+    fill the rest; ValueError if every level runs out.
     """
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
     difficulties = tuple(difficulties)
     if not difficulties:
         raise ValueError("difficulties must not be empty")
+    for d in difficulties:
+        if d not in LEVELS:
+            raise ValueError(f"difficulty must be one of {DIFFICULTIES}, got {d!r}")
     seen = exclude if exclude is not None else set()
     out: list[dict] = []
     order: list[int] = []
-    attempts = 0
+    misses = {d: 0 for d in difficulties}  # consecutive duplicates drawn per level
+    live = set(difficulties)
     while len(out) < n:
+        if not live:
+            raise ValueError(f"could not draw {n} distinct problems from difficulties {difficulties}: "
+                             f"every level ran out after {len(out)}")
         if not order:
-            order = list(difficulties)
+            order = [d for d in difficulties if d in live]
             rng.shuffle(order)
         d = order.pop()
         rec = make_problem(rng, d)
-        attempts += 1
-        if attempts > 100 * n + 1000:
-            raise ValueError(f"could not draw {n} distinct problems from difficulties {difficulties}")
         if rec["problem"] in seen:
-            order.append(d)  # retry this level
+            misses[d] += 1
+            if misses[d] >= _MAX_MISSES:
+                live.discard(d)
+            else:
+                order.append(d)  # retry this level
             continue
+        misses[d] = 0
         seen.add(rec["problem"])
         out.append({"id": f"{prefix}-{len(out):05d}", **rec})
     return out
