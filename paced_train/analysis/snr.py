@@ -146,10 +146,11 @@ def _plot(by_direction: dict[str, list[dict]], path: Path, title: str) -> None:
                 ax.plot(*zip(*pts), style, color=c, label=f"{direction} KL: {label}")
         pts = [(b["pass_rate"], b["mean_grad_norm_scaled"]) for b in bins if b["mean_grad_norm_scaled"] is not None]
         ax2.plot(*zip(*pts), "o-", color=c, label=f"{direction} KL: ||mean g||")
-        undefined = [b["pass_rate"] for b in bins if b["snr_pooled"] is None]
-        for x in undefined:
-            ax.annotate("SNR undefined\n(identical rollouts)", (x, 0.05), ha="center", fontsize=7, color="gray")
     first = next(iter(by_direction.values()))
+    for b in first:
+        if b["snr_pooled"] is None:
+            ax.annotate("SNR undefined\n(identical rollouts)", (b["pass_rate"], 0.05), ha="center",
+                        fontsize=7, color="gray")
     for b in first:
         ax.annotate(f"n={b['n']}", (b["pass_rate"], 1.05), ha="center", fontsize=7, color="gray")
     ax.set_title("gradient SNR (scaled to max 1)", fontsize=9)

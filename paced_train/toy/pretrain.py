@@ -389,6 +389,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--only", choices=("student", "teacher", "both"), default="both",
                     help="train only one model (the other is loaded from --out if present)")
     args = ap.parse_args(argv)
+    for flag in ("threads", "student_steps", "teacher_steps", "k", "measure_problems"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            ap.error(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
+    if args.eval_every < 0:
+        ap.error(f"--eval-every must be >= 0, got {args.eval_every}")
     torch.set_num_threads(args.threads)
     t_start = time.time()
 
