@@ -46,7 +46,7 @@ def test_shortened_default_run_writes_every_artifact_and_is_deterministic(tmp_pa
     summary = json.loads((run_dir / "summary.json").read_text())
     p0 = summary["curriculum"][0]
     assert 0.0 <= p0["mean"] <= 1.0 and abs(p0["low"] + p0["med"] + p0["high"] - 1.0) < 1e-6
-    assert len(summary["losses"]["0_fkl"]) == 2
+    assert len(summary["losses"]["0_fkl"]) == 2 and len(summary["losses"]["1_rkl"]) == 2
 
     run_dir_b, _ = run_default(tmp_path, "b")
     summary_b = json.loads((run_dir_b / "summary.json").read_text())

@@ -22,7 +22,7 @@ def test_default_config_is_the_toy_world_on_cpu():
     assert cfg.model.student == "toy://student" and cfg.model.teacher == "toy://teacher"
     assert cfg.data.toy is not None and cfg.device == "cpu"
     assert cfg.rollout.engine == "hf" and cfg.distill.kl_backend == "torch"
-    assert [s.loss for s in cfg.stages] == ["fkl"]
+    assert [s.loss for s in cfg.stages] == ["fkl", "rkl"]
 
 
 @pytest.mark.parametrize("name,losses", [("qwen3_14b_to_8b_fkl", ["fkl"]), ("qwen25_math_7b_self_rkl", ["rkl"]),
