@@ -126,18 +126,22 @@ class HFEngine:
 
     @torch.no_grad()
     def generate(self, prompts, spec: SamplingSpec, desc: str = "rollouts") -> list[list[Generation]]:
+        """K samples per prompt. The (prompt, sample) pairs are cut into global batches in one
+        fixed order, batch b is seeded from (spec.seed, b) and run by rank b % world: the samples
+        do not depend on how many ranks share the work."""
         n = len(prompts)
         rank, world = (get_rank(), get_world_size()) if self.shard else (0, 1)
-        mine = _shard(n, rank, world)
         # flatten (prompt, sample) pairs so batch_size counts sequences
-        pairs = [(i, j) for i in mine for j in range(spec.n)]
+        pairs = [(i, j) for i in range(n) for j in range(spec.n)]
+        batches = [pairs[s:s + self.batch_size] for s in range(0, len(pairs), self.batch_size)]
+        mine = list(range(rank, len(batches), world))
         gen_cfg = self._generation_config(spec)
         device = next(self.model.parameters()).device
         was_training = self.model.training
         self.model.eval()
-        results: dict[int, list[Generation]] = {i: [] for i in mine}
-        batches = [pairs[s:s + self.batch_size] for s in range(0, len(pairs), self.batch_size)]
-        for b, batch in enumerate(progress(batches, desc=desc, enabled=self.show_progress, unit="batch")):
+        local: list[tuple[int, int, Generation]] = []
+        for b in progress(mine, desc=desc, enabled=self.show_progress, unit="batch"):
+            batch = batches[b]
             seqs = [list(prompts[i]) for i, _ in batch]
             width = max(len(s) for s in seqs)
             input_ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
@@ -145,19 +149,27 @@ class HFEngine:
             for r, s in enumerate(seqs):
                 input_ids[r, width - len(s):] = torch.tensor(s, dtype=torch.long)
                 mask[r, width - len(s):] = 1
-            # seed from (spec.seed, rank, batch index): reproducible whatever ran before
+            # seeded per global batch: reproducible whatever ran before, on any number of ranks
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                torch.manual_seed(_mix_seed(spec.seed, rank, b))
+                torch.manual_seed(_mix_seed(spec.seed, 0, b))
                 out = self.model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device),
                                           generation_config=gen_cfg)
             new = out[:, width:].tolist()
-            for (i, _), ids in zip(batch, new):
+            for (i, j), ids in zip(batch, new):
                 ids, finished = truncate_at_stop(ids, set(self.stops))
                 text = self.tok.decode(ids, skip_special_tokens=True)
-                results[i].append(Generation(ids, text, finished))
+                local.append((i, j, Generation(ids, text, finished)))
         if was_training:
             self.model.train()
-        return _gather_sharded([results[i] for i in mine], mine, n, world)
+        if world > 1:
+            import torch.distributed as dist
+            parts: list = [None] * world
+            dist.all_gather_object(parts, local)
+            local = [x for part in parts for x in part]
+        results: list[list[Generation]] = [[None] * spec.n for _ in range(n)]  # type: ignore[list-item]
+        for i, j, g in local:
+            results[i][j] = g
+        return results
 
     def close(self) -> None:
         pass
@@ -214,10 +226,12 @@ class VLLMEngine:
         dp_size = max(1, self.world // self.tp)
         dp_rank = self.rank // self.tp
         mine = _shard(n, dp_rank, dp_size)
-        params = self._vllm.SamplingParams(
+        # one seed per prompt (from its global index): samples do not depend on the sharding
+        params = [self._vllm.SamplingParams(
             n=spec.n, temperature=spec.temperature, top_p=spec.top_p,
             top_k=spec.top_k if spec.top_k > 0 else -1, max_tokens=spec.max_new_tokens,
-            seed=spec.seed + dp_rank, stop_token_ids=self.stops, skip_special_tokens=True)
+            seed=_mix_seed(spec.seed, i) % (2 ** 31), stop_token_ids=self.stops, skip_special_tokens=True)
+            for i in mine]
         reqs = [{"prompt_token_ids": list(prompts[i])} for i in mine]
         outs = self.llm.generate(reqs, params, use_tqdm=self.show_progress and self.rank == 0) if reqs else []
         stops = set(self.stops)
