@@ -5,6 +5,7 @@
 // a mixed number, symbols are lower-cased, ...), for the constructs that answers actually use.
 // Constructs outside that subset throw Unsure (the pair goes to the fallback); syntax errors made
 // only of well-understood tokens are Fail (math-verify's parser rejects them too).
+#include <atomic>
 #include <cstring>
 #include <map>
 #include <set>
@@ -326,7 +327,8 @@ class Lexer {
     if (w == "partial") return tok(T::Partial, w, false);
     if (w == "in") return tok(T::In);
     if (w == "notin") return tok(T::NotIn, w, false);
-    if (w == "equiv") return tok(T::EqEq, w, false);
+    // \equiv is a plain relation (unlike =, its right side takes no \pm): a \equiv b \pmod{m} fails
+    if (w == "equiv") return tok(T::EqEq, w);
     if (w == "approx") return tok(T::Approx);
     if (w == "lt") return tok(T::Lt);
     if (w == "gt") return tok(T::Gt);
@@ -575,6 +577,7 @@ class Parser {
   void element(bool no_relation, std::vector<int>* out, T closer);
   bool try_set_atom(int* out, T closer);
   int interval_or_tuple();
+  int big_operator();
   int relation();
   int expr();
   int additive();
@@ -973,6 +976,42 @@ int Parser::postfix(bool allow_func) {
   }
 }
 
+// \sum_{k=a}^{b} body, \prod_{k=a}^{b} body, \lim_{n \to a} body (body: a product, the grammar's
+// mp), in the reference's one accepted shape of each. The value is opaque: a node no comparison can
+// evaluate or match (each gets its own name), so a verdict that needs it stays undecided, while an
+// equation's left side \sum ... = rhs is dropped like any other. Any other shape stays undecided.
+int Parser::big_operator() {
+  const bool lim = cur().text == "lim";
+  const std::string kind = cur().text;
+  ++p_;
+  try {
+    expect(T::Underscore);
+    expect(T::LBrace);
+    if (ct() != T::Letter && ct() != T::Greek) throw Unsure{"command"};
+    ++p_;
+    if (lim) {
+      if (!(ct() == T::Cmd && (cur().text == "to" || cur().text == "rightarrow"))) throw Unsure{"command"};
+      ++p_;
+      expr();
+    } else {
+      expect(T::Assign);
+      expr();
+    }
+    expect(T::RBrace);
+    if (!lim) {
+      expect(T::Caret);
+      sup_value();
+    }
+    if (ct() == T::Caret || ct() == T::Underscore) throw Unsure{"command"};
+    mp(false);
+  } catch (ParseError&) {
+    throw Unsure{"command"};
+  }
+  // a process-wide counter: no two opaque nodes, in any gold or response, share a name
+  static std::atomic<uint64_t> counter{0};
+  return t_.func("opaque:" + kind + std::to_string(counter.fetch_add(1, std::memory_order_relaxed)), {});
+}
+
 int Parser::brace_expr() {
   expect(T::LBrace);
   int e = expr();
@@ -1182,6 +1221,7 @@ int Parser::comp(bool allow_func) {
         if (!allow_func) throw ParseError{};
         return func();
       }
+      if (allow_func && (w == "sum" || w == "prod" || w == "lim")) return big_operator();
       throw Unsure{"command"};
     }
     case T::ExpE: {

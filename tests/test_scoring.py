@@ -95,6 +95,18 @@ CASES = [
     ("2", B % "-5 \\mod 7", True),
     ("2", B % "n \\mod 1982 = 2", True),
     ("0", B % "n \\mod 1982 = 2", False),
+    # \sum / \prod / \lim never evaluate, but an equation's left side is dropped like any other
+    ("n(n+1)2^{n-2}", B % "\\sum_{k=1}^{n} \\binom{n}{k} k^2 = n(n+1)2^{n-2}", True),
+    ("n(n+1)2^{n-2}", B % "\\sum_{k=1}^{n} \\binom{n}{k} k^2 = n^2 2^{n-1}", False),
+    ("6", B % "\\prod_{k=1}^{3} k = 6", True),
+    ("2", B % "\\lim_{n \\to \\infty} a_n = 2", True),
+    ("3", B % "\\lim_{n \\to \\infty} a_n = 2", False),
+    # a \equiv b \pmod{m} is a syntax error for the reference (\pmod reads as \pm od, and \equiv's
+    # right side takes no \pm): the next candidate, here the last number before the failed one, is used
+    ("0", "Hence $n \\equiv 0 \\pmod{1982}$", True),
+    ("9", "So $3^{105} + 4^{105} \\equiv 9 \\pmod{13}$", True),
+    ("13", "So $3^{105} + 4^{105} \\equiv 9 \\pmod{13}$", False),
+    ("1", "Thus $a \\equiv b \\pmod{4} = 1$", True),
     # long plain text: the number scan starts near the end, the full scan only when needed
     ("42", "Some text here. " * 40 + "so we get 42", True),
     ("42", "We find 42. " + "Nothing more to say here at all. " * 20, True),
