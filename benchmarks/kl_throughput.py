@@ -242,6 +242,7 @@ def main(argv=None):
     for key in ("n", "hs", "ht", "vocab", "dtype", "repeats", "impls"):
         if getattr(args, key) is None:
             setattr(args, key, preset[key])
+    started = time.perf_counter()
     peak_tflops = matmul_tflops(args.device, args.dtype)
     rows = []
     for n in args.n:
@@ -263,12 +264,12 @@ def main(argv=None):
                 dtype=args.dtype, direction=args.direction, repeats=args.repeats, matmul_tflops=peak_tflops,
                 peer="liger-kernel LigerFusedLinearJSD (jsd_beta 0=forward, 1=reverse)",
                 note="CPU: liger and triton run under TRITON_INTERPRET=1; memory = peak RSS above the inputs, with MALLOC_MMAP_THRESHOLD_=131072 for every implementation",
-                time=time.strftime("%Y-%m-%d %H:%M:%S"))
+                time=time.strftime("%Y-%m-%d %H:%M:%S"), seconds=round(time.perf_counter() - started, 1))
     json_path = args.out_dir / f"kl_throughput_{tag}.json"
     json_path.write_text(json.dumps(dict(meta=meta, rows=rows), indent=2))
     png_path = args.out_dir / f"kl_throughput_{tag}.png"
     plot(rows, png_path, f"{meta['device']}: Hs={args.hs} Ht={args.ht} V={args.vocab} {args.dtype} {args.direction}")
-    print(f"wrote {json_path} and {png_path}")
+    print(f"wrote {json_path} and {png_path} ({time.perf_counter() - started:.0f} s)")
 
 
 if __name__ == "__main__":
