@@ -28,6 +28,9 @@ using cd = std::complex<double>;
 struct Ctx {
   Tree t;  // gold and prediction imported into one tree
   int depth = 0;
+  // exactly one side was read in complex mode: its symbols are sympy symbols without the real
+  // assumption, distinct from the other side's same-named real symbols
+  bool mixed_complex = false;
 };
 
 struct DGuard {
@@ -910,6 +913,13 @@ Tri expr_eq(Ctx& c, int g, int p) {
     g = c.t.at(last_rel(c.t, g)).kids[1];
   }
   if (is_relation(c.t, g) && is_set_kind(c.t.at(p).kind)) throw Unsure{"relation vs set"};
+  if (c.mixed_complex) {
+    std::vector<std::string> syms;
+    bool hf = false;
+    collect_syms(c.t, g, &syms, &hf);
+    collect_syms(c.t, p, &syms, &hf);
+    if (!syms.empty()) throw Unsure{"complex symbols"};
+  }
   if (struct_eq(c.t, g, p)) return Tri::True;
   bool gr = is_relation(c.t, g), pr = is_relation(c.t, p);
   if (gr && pr) return compare_relational(c, g, p);
@@ -931,6 +941,7 @@ Tri answers_equal(const Tree& gold, const Tree& pred) {
   int g = c.t.import(gold, gold.root);
   int p = c.t.import(pred, pred.root);
   c.t.complex = gold.complex || pred.complex;
+  c.mixed_complex = gold.complex != pred.complex;
   try {
     return expr_eq(c, g, p);
   } catch (std::domain_error&) {

@@ -339,7 +339,8 @@ class Lexer {
     if (w == "emptyset") return tok(T::EmptySet);
     if (greek_names().count(w)) return tok(T::Greek, greek_names().at(w));
     if (other_symbols().count(w)) return tok(T::OtherSym, w);
-    bool basic = w == "frac" || w == "dfrac" || w == "tfrac" || w == "cfrac" || w == "sqrt" || w == "boxed";
+    bool basic = w == "frac" || w == "dfrac" || w == "tfrac" || w == "cfrac" || w == "sqrt" || w == "boxed" ||
+                 w == "sum" || w == "prod" || w == "lim";  // big operators: every unmodelled shape is Unsure
     return tok(T::Cmd, w, basic);
   }
 
@@ -984,6 +985,8 @@ int Parser::big_operator() {
   const bool lim = cur().text == "lim";
   const std::string kind = cur().text;
   ++p_;
+  // the grammar needs a subscript (or, for \sum / \prod, a superscript) right after the operator
+  if (ct() != T::Underscore && (lim || ct() != T::Caret)) throw ParseError{};
   try {
     expect(T::Underscore);
     expect(T::LBrace);

@@ -101,6 +101,7 @@ CASES = [
     ("6", B % "\\prod_{k=1}^{3} k = 6", True),
     ("2", B % "\\lim_{n \\to \\infty} a_n = 2", True),
     ("3", B % "\\lim_{n \\to \\infty} a_n = 2", False),
+    ("5", "Thus $\\sum a_n$ is 5", True),  # \sum without bounds is a syntax error: the next candidate
     # a \equiv b \pmod{m} is a syntax error for the reference (\pmod reads as \pm od, and \equiv's
     # right side takes no \pm): the next candidate, here the last number before the failed one, is used
     ("0", "Hence $n \\equiv 0 \\pmod{1982}$", True),
@@ -124,6 +125,17 @@ def test_case_table(gold, response, expected):
 def test_case_table_matches_math_verify():
     ref = [scoring.math_verify_verdict(g, r, timeout=5) for g, r, _ in CASES]
     assert ref == [e for _, _, e in CASES]
+
+
+def test_complex_mode_symbols_are_not_the_real_ones():
+    # a standalone i puts math-verify's reading of the response in complex mode, where its symbols
+    # are distinct from the gold's real ones: n(n+1) on both sides is not equal there. The C++ side
+    # must not call it equal by structure; it leaves it undecided (counted wrong without fallback)
+    for gold, resp in [("n(n+1)", "So $a_{i} = n(n+1)$"), ("n(n+1)", "So $f(i) = n(n+1)$")]:
+        assert scoring.math_verify_verdict(gold, resp, timeout=5) is False
+        assert scoring.verify(gold, resp, fallback=False) is False
+        assert scoring.last_stats()["unknown"] == 1
+        assert scoring.verify(gold, resp) is False
 
 
 def test_batch_pass_rates_and_stats():
