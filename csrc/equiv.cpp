@@ -914,11 +914,12 @@ Tri expr_eq(Ctx& c, int g, int p) {
   }
   if (is_relation(c.t, g) && is_set_kind(c.t.at(p).kind)) throw Unsure{"relation vs set"};
   if (c.mixed_complex) {
-    std::vector<std::string> syms;
+    // symbols on one side only: their identity never matters; on both sides: undecided
+    std::vector<std::string> gsyms, psyms;
     bool hf = false;
-    collect_syms(c.t, g, &syms, &hf);
-    collect_syms(c.t, p, &syms, &hf);
-    if (!syms.empty()) throw Unsure{"complex symbols"};
+    collect_syms(c.t, g, &gsyms, &hf);
+    collect_syms(c.t, p, &psyms, &hf);
+    if (!gsyms.empty() && !psyms.empty()) throw Unsure{"complex symbols"};
   }
   if (struct_eq(c.t, g, p)) return Tri::True;
   bool gr = is_relation(c.t, g), pr = is_relation(c.t, p);
