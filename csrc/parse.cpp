@@ -1225,6 +1225,25 @@ int Parser::comp(bool allow_func) {
         return func();
       }
       if (allow_func && (w == "sum" || w == "prod" || w == "lim")) return big_operator();
+      if (allow_func && (w == "max" || w == "min") && peek() == T::LParen) {
+        // \max(a) is a; \max(a, b, ...) is sympy's unevaluated Max: opaque, like \sum
+        ++p_;
+        ++p_;
+        std::vector<int> args;
+        try {
+          while (true) {
+            args.push_back(expr());
+            if (accept(T::Comma)) continue;
+            expect(T::RParen);
+            break;
+          }
+        } catch (ParseError&) {
+          throw Unsure{"command"};
+        }
+        if (args.size() == 1) return args[0];
+        static std::atomic<uint64_t> counter{0};
+        return t_.func("opaque:" + w + std::to_string(counter.fetch_add(1, std::memory_order_relaxed)), {});
+      }
       throw Unsure{"command"};
     }
     case T::ExpE: {

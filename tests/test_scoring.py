@@ -102,6 +102,10 @@ CASES = [
     ("2", B % "\\lim_{n \\to \\infty} a_n = 2", True),
     ("3", B % "\\lim_{n \\to \\infty} a_n = 2", False),
     ("5", "Thus $\\sum a_n$ is 5", True),  # \sum without bounds is a syntax error: the next candidate
+    # \max / \min of one argument is that argument; of several, an opaque Max / Min
+    ("\\frac{1}{2} + \\frac{1}{2y}", B % "\\frac{1}{2} + \\frac{1}{2\\max(y)}", True),
+    ("\\sqrt{2}", B % "\\frac{1}{2} + \\frac{1}{2\\max(y)}", False),
+    ("3", B % "\\max(a, b) = 3", True),
     # a \equiv b \pmod{m} is a syntax error for the reference (\pmod reads as \pm od, and \equiv's
     # right side takes no \pm): the next candidate, here the last number before the failed one, is used
     ("0", "Hence $n \\equiv 0 \\pmod{1982}$", True),
