@@ -121,11 +121,11 @@ def mean_sd(xs):
     return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
 
-def fmt(ms, pct=False):
+def fmt(ms, digits=1):
     m, s = ms
     if m is None:
         return "-"
-    return f"{m:.1f} ± {s:.1f}" if not pct else f"{100 * m:.0f}% ± {100 * s:.0f}"
+    return f"{m:.{digits}f} ± {s:.{digits}f}"
 
 
 def report(per_seed: dict, out: Path) -> dict:
@@ -161,7 +161,7 @@ def report(per_seed: dict, out: Path) -> dict:
         a = agg[m]
         lmh = lambda w: "/".join(f"{100 * a[f'{w}_{b}'][0]:.0f}" if a[f'{w}_{b}'][0] is not None else "-"  # noqa: E731
                                  for b in ("low", "med", "high"))
-        t.add_row(m, lmh("start"), fmt(a["start_mean"]), lmh("end"), fmt(a["end_mean"]))
+        t.add_row(m, lmh("start"), fmt(a["start_mean"], 3), lmh("end"), fmt(a["end_mean"], 3))
     con.print(t)
     return {"eval_set": eval_key, "aggregate": agg}
 
@@ -200,7 +200,13 @@ def main(argv=None):
     ap.add_argument("--work-dir", type=Path, default=ROOT / "runs" / "paced_toy")
     ap.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
     ap.add_argument("--run-timeout", type=float, default=1800)
+    ap.add_argument("--report-only", action="store_true", help="re-print the tables of an existing paced_toy.json")
     args = ap.parse_args(argv)
+
+    if args.report_only:
+        saved = json.loads((args.out_dir / "paced_toy.json").read_text())
+        report({int(k): v for k, v in saved["per_seed"].items()}, args.out_dir)
+        return
 
     t0 = time.time()
     per_seed = {}
