@@ -177,6 +177,8 @@ struct Verdict {
   bool limit;  // decided False by a work limit
 };
 Verdict verify_one(const std::string& gold, const std::string& response);
+// verify_one with the gold already extracted (batch calls extract each distinct gold once).
+Verdict verify_against(const Extracted& gold, const std::string& response);
 
 // Debug helper: the candidate answer text this thread parsed last.
 const std::string& last_candidate();

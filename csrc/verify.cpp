@@ -29,11 +29,13 @@ Tri compare_extracted(const Extracted& g, const Extracted& p) {
   return Tri::False;
 }
 
-Verdict verify_one(const std::string& gold, const std::string& response) {
+namespace {
+// One place that maps the scorer's exceptions to verdicts: undecidable -> Unknown (the Python
+// side falls back to math-verify), over a work limit -> False with the limit flag.
+template <class F>
+Verdict guarded(F&& decide) {
   try {
-    Extracted g = extract(gold_text(gold));
-    Extracted p = extract(response);
-    return Verdict{compare_extracted(g, p), false};
+    return Verdict{decide(), false};
   } catch (Unsure&) {
     return Verdict{Tri::Unknown, false};
   } catch (TooBig&) {
@@ -43,6 +45,18 @@ Verdict verify_one(const std::string& gold, const std::string& response) {
   } catch (std::exception&) {
     return Verdict{Tri::Unknown, false};
   }
+}
+}  // namespace
+
+Verdict verify_against(const Extracted& gold, const std::string& response) {
+  return guarded([&] { return compare_extracted(gold, extract(response)); });
+}
+
+Verdict verify_one(const std::string& gold, const std::string& response) {
+  return guarded([&] {
+    Extracted g = extract(gold_text(gold));  // gold first, as before: its errors decide too
+    return compare_extracted(g, extract(response));
+  });
 }
 
 }  // namespace paced
