@@ -61,22 +61,3 @@ def reference_kl_per_token(
         return c_head * fkl() + c_tail * rkl()
     raise ValueError(f"unknown direction {direction!r}")
 
-
-def reference_linear_kl(
-    student_hidden,
-    student_weight,
-    teacher_hidden,
-    teacher_weight,
-    token_scale,
-    direction: str,
-    temperature: float,
-):
-    """The backend contract of linear_kl (kl, grad_h, grad_W), computed with autograd on full logits."""
-    with torch.enable_grad():
-        sh = student_hidden.detach().requires_grad_(token_scale is not None)
-        sw = student_weight.detach().requires_grad_(token_scale is not None)
-        kl = reference_kl_per_token(sh, sw, teacher_hidden.detach(), teacher_weight.detach(), direction, temperature)
-        if token_scale is None:
-            return kl.detach(), None, None
-        (kl * token_scale.to(kl.dtype)).sum().backward()
-    return kl.detach(), sh.grad, sw.grad
