@@ -132,9 +132,11 @@ def run_eval(out_path: Path, label: str, *, engine_factory: Optional[Callable], 
              mc_questions: Optional[Sequence[MCQuestion]], cfg, logger, step: int = 0) -> dict:
     """Evaluate one checkpoint; ``eval_sets`` maps name -> (prompts, golds). Cached in ``out_path``."""
     out_path = Path(out_path)
-    if out_path.exists():
+    from .parallel import decided_by_rank0
+    cached = decided_by_rank0(lambda: json.loads(out_path.read_text()) if out_path.exists() else None, "eval")
+    if cached is not None:
         logger.info(f"eval {label}: reusing {out_path}")
-        return json.loads(out_path.read_text())
+        return cached
     result: dict = {"label": label, "sets": {}, "mc": None}
     if eval_sets:
         engine = engine_factory()

@@ -11,14 +11,22 @@ Everything distributed lives here so the training loop reads like single-device 
   ``MixedPrecisionPolicy`` (bf16 compute, fp32 gradient reduction) and ``CPUOffloadPolicy``.
 - :func:`apply_activation_checkpointing` wraps each decoder layer in a non-reentrant checkpoint.
 - :func:`all_reduce_sum` / :func:`shard_for_rank` are the small collectives the trainer needs.
+- :func:`decided_by_rank0` makes a decision that gates a collective (skip a stage whose outputs
+  exist, resume, stop) once, on rank 0, and broadcasts it, so ranks never take different paths.
+- :func:`watch_for_peer_failure` / :func:`report_failure`: a rank that fails publishes its error in
+  the process group's store; a watcher thread on every other rank sees it within a second and
+  ends that rank with the error, instead of leaving it in a collective until the 30-minute timeout.
 """
 
 from __future__ import annotations
 
 import datetime
 import os
+import sys
+import threading
+import time
 from dataclasses import dataclass
-from typing import Sequence, TypeVar
+from typing import Callable, Sequence, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -41,6 +49,10 @@ __all__ = [
     "all_reduce_sum",
     "shard_for_rank",
     "barrier",
+    "decided_by_rank0",
+    "watch_for_peer_failure",
+    "report_failure",
+    "debug_hook",
 ]
 
 _TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
@@ -111,11 +123,16 @@ def init_distributed(backend: str | None = None, timeout_s: float = 1800.0) -> D
     return get_dist_env()
 
 
-def teardown_distributed() -> None:
-    """Destroy the process group if :func:`init_distributed` created it (after a final barrier)."""
+def teardown_distributed(failed: bool = False) -> None:
+    """Destroy the process group if :func:`init_distributed` created it.
+
+    After a final barrier on success; without one when this rank ``failed`` (the other ranks are
+    somewhere else, a barrier would only hang)."""
     global _OWNS_PROCESS_GROUP
+    _stop_watch()
     if _OWNS_PROCESS_GROUP and dist.is_initialized():
-        dist.barrier()
+        if not failed:
+            dist.barrier()
         dist.destroy_process_group()
     _OWNS_PROCESS_GROUP = False
 
@@ -280,3 +297,107 @@ def shard_for_rank(items: Sequence[T], rank: int, world_size: int) -> list[T]:
         raise ValueError(f"{len(items)} items cannot be split evenly over {world_size} ranks")
     per_rank = len(items) // world_size
     return list(items[rank * per_rank : (rank + 1) * per_rank])
+
+
+# --------------------------------------------------------------------------------------------
+# decisions made once, failures that reach every rank
+# --------------------------------------------------------------------------------------------
+
+
+def debug_hook(point: str) -> None:
+    """Test hooks: ``PACED_DEBUG_SLOW_RANK=r:seconds`` sleeps on rank r before every rank-0 decision
+    (a rank that reaches a file check late); ``PACED_DEBUG_FAIL=r:point`` raises on rank r at the
+    named point (e.g. ``1:pass_rates``)."""
+    slow, fail = os.environ.get("PACED_DEBUG_SLOW_RANK"), os.environ.get("PACED_DEBUG_FAIL")
+    rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    if slow:
+        r, _, secs = slow.partition(":")
+        if int(r) == rank:
+            time.sleep(float(secs or 1.0))
+    if fail:
+        r, _, where = fail.partition(":")
+        if int(r) == rank and where == point:
+            raise RuntimeError(f"PACED_DEBUG_FAIL: rank {rank} fails on purpose at {point!r}")
+
+
+def decided_by_rank0(decide: Callable[[], T], point: str = "decision") -> T:
+    """``decide()`` evaluated on rank 0 only and broadcast to every rank (picklable result).
+
+    Use for every choice that decides whether a rank enters a collective: "are this stage's
+    outputs on disk?", "is there a checkpoint to resume?". Checked per rank, a slower rank can see
+    files rank 0 has just written and take another path (the deadlock of issue 13).
+    """
+    debug_hook(point)
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return decide()
+    box = [decide() if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+_FAILURE_KEY = "paced/failed"
+_watch_stop: threading.Event | None = None
+
+
+def _store():
+    try:
+        from torch.distributed.distributed_c10d import _get_default_store
+        return _get_default_store()
+    except Exception:  # no process group, or a torch without the (private) accessor
+        return None
+
+
+def report_failure(exc: BaseException) -> None:
+    """Publish this rank's error to the others (see :func:`watch_for_peer_failure`). Never raises."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    store = _store()
+    if store is None:
+        return
+    try:
+        msg = f"rank {dist.get_rank()} failed: {type(exc).__name__}: {exc}"
+        store.set(_FAILURE_KEY, msg[:4000])
+    except Exception:
+        pass
+
+
+def watch_for_peer_failure(poll_s: float = 0.5) -> bool:
+    """Start a daemon thread that ends this process (exit code 1) as soon as another rank has
+    called :func:`report_failure`, printing that rank's error. Returns whether a watcher runs.
+
+    torchrun already stops every rank when one exits; the watcher covers ranks blocked in a
+    collective under any launcher, and says why they stop.
+    """
+    global _watch_stop
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return False
+    store = _store()
+    if store is None:
+        return False
+    _stop_watch()
+    stop = threading.Event()
+    me = dist.get_rank()
+
+    def watch() -> None:
+        while not stop.wait(poll_s):
+            try:
+                if not store.check([_FAILURE_KEY]):
+                    continue
+                msg = store.get(_FAILURE_KEY).decode(errors="replace")
+            except Exception:
+                return  # the store went away: the run is ending
+            if msg.startswith(f"rank {me} failed"):
+                return
+            print(f"[rank {me}] stopping: {msg}", file=sys.stderr, flush=True)
+            os._exit(1)
+
+    threading.Thread(target=watch, name="paced-peer-failure-watch", daemon=True).start()
+    _watch_stop = stop
+    return True
+
+
+def _stop_watch() -> None:
+    global _watch_stop
+    if _watch_stop is not None:
+        _watch_stop.set()
+        _watch_stop = None

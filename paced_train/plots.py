@@ -31,7 +31,9 @@ def _save(fig, path: Path) -> None:
 
 
 def pass_rate_histogram(p: Sequence[float], path: Path, k: Optional[int] = None,
-                        weight_info: Optional[dict] = None, title: str = "pass rates") -> Path:
+                        kernel: Optional[tuple] = None, title: str = "pass rates") -> Path:
+    """Histogram of ``p``; ``kernel = (grid, curve, label)`` (``weighting.kernel_overlay``) is drawn
+    over it on a right axis. Takes the curve ready-made, so plotting needs nothing from weighting."""
     plt = _plt()
     p = np.asarray(p, dtype=np.float64)
     fig, ax = plt.subplots(figsize=(6, 3.6))
@@ -47,15 +49,10 @@ def pass_rate_histogram(p: Sequence[float], path: Path, k: Optional[int] = None,
     ax.set_ylabel("share of problems")
     ax.set_xlim(-0.05, 1.05)
     ax.set_title(f"{title} (n={len(p)}, mean={p.mean():.3f})" if len(p) else title)
-    if weight_info:
-        from .weighting import kernel_curve
-        grid = np.linspace(0, 1, 201)
-        curve = kernel_curve(weight_info, grid)
-        raw_mean = kernel_curve(weight_info, p).mean() if len(p) else 0
-        if weight_info.get("normalize", True) and raw_mean > 0:
-            curve = curve / raw_mean
+    if kernel is not None:
+        grid, curve, label = kernel
         ax2 = ax.twinx()
-        ax2.plot(grid, curve, color="#C44E52", lw=2, label=weight_info.get("description", "kernel"))
+        ax2.plot(grid, curve, color="#C44E52", lw=2, label=label)
         ax2.set_ylabel("weight w(p)", color="#C44E52")
         ax2.set_ylim(bottom=0)
         ax2.legend(loc="upper right", fontsize=8)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from .logging_utils import is_main_process
+from .parallel import barrier, decided_by_rank0
 from .rollout import SamplingSpec
 
 __all__ = ["ReferenceResponse", "run_reference_stage", "load_reference"]
@@ -50,7 +51,7 @@ def run_reference_stage(out_dir: Path, problems, builder, engine_factory: Callab
     Problems whose teacher prompt exceeds ``max_teacher_prompt_tokens`` are dropped (logged).
     """
     out_dir = Path(out_dir)
-    if (out_dir / "summary.json").exists():
+    if decided_by_rank0(lambda: (out_dir / "summary.json").exists(), "reference"):
         refs = load_reference(out_dir)
         logger.info(f"reference responses: reusing {out_dir} ({len(refs)} responses)")
         return refs
@@ -105,8 +106,7 @@ def run_reference_stage(out_dir: Path, problems, builder, engine_factory: Callab
         pq.write_table(table, tmp)
         tmp.replace(out_dir / "reference.parquet")
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    from .scoring import _barrier
-    _barrier()
+    barrier()
     acc = f", teacher accuracy {100 * summary['teacher_accuracy']:.1f}%" if verify is not None else ""
     logger.info(f"reference responses: {len(refs)} written{acc}, {n_unfinished} hit the length limit, "
                 f"mean {summary['mean_response_tokens']:.0f} tokens")

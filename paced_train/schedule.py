@@ -34,7 +34,8 @@ from .config import RunConfig, config_to_dict
 from .data import PromptBuilder, load_mc, load_problems
 from .logging_utils import RunLogger, get_rank, is_main_process
 from .rollout import SamplingSpec, _mix_seed, make_engine
-from .scoring import _barrier, bin_stats, load_pass_rates, run_pass_rate_stage
+from .parallel import barrier, decided_by_rank0
+from .pass_rates import bin_stats, load_pass_rates, run_pass_rate_stage
 
 __all__ = ["Pipeline", "seed_everything", "resolve_model_path", "build_distill_examples"]
 
@@ -122,7 +123,7 @@ class Pipeline:
     @property
     def verify(self) -> Callable:
         if self._verify is None:
-            from .scoring import default_verifier
+            from .pass_rates import default_verifier
             self._verify = default_verifier()
         return self._verify
 
@@ -174,12 +175,13 @@ class Pipeline:
         train, evals, mc = d.train, dict(d.eval), d.mc
         if d.toy is not None:
             files = {k: data_dir / f"{k}.jsonl" for k in ("train", "eval", "mc")}
-            if not all(f.exists() for f in files.values()):
+            if decided_by_rank0(lambda: not all(f.exists() for f in files.values()), "toy_data"):
                 if is_main_process():
                     from .toy.world import write_toy_dataset
                     files = write_toy_dataset(data_dir, seed=d.toy.seed, n_train=d.toy.n_train,
                                               n_eval=d.toy.n_eval, n_mc=d.toy.n_mc)
-                _barrier()
+                barrier()  # every rank: the decision above is rank 0's, broadcast
+                files = {k: data_dir / f"{k}.jsonl" for k in ("train", "eval", "mc")}
             train = train or str(files["train"])
             if not evals:
                 evals = {"toy_eval": str(files["eval"])}
@@ -289,7 +291,7 @@ class Pipeline:
         spec = SamplingSpec(n=e.k, temperature=e.temperature, top_p=e.top_p, top_k=0,
                             max_new_tokens=e.max_new_tokens or self.cfg.data.max_response_tokens,
                             seed=_mix_seed(e.seed if e.seed is not None else self.cfg.seed, 3) % (2 ** 31))
-        if out.exists():
+        if decided_by_rank0(out.exists, "eval"):
             return run_eval(out, label, engine_factory=None, eval_sets={}, verify=None, spec=spec, model=None,
                             tokenizer=None, builder=None, mc_questions=None, cfg=e, logger=self.log)
         self._ensure_on_device()
@@ -319,7 +321,7 @@ class Pipeline:
             if is_main_process():
                 sdir.mkdir(parents=True, exist_ok=True)
                 (sdir / "distill_result.json").write_text(json.dumps(result))
-            _barrier()
+            barrier()
             return result
         loss = self.cfg.stages[i].loss
         refs = self.references() if loss in ("fkl", "akl") else None
@@ -347,7 +349,7 @@ class Pipeline:
 
     def _segment_done(self, seg_name: str) -> Optional[dict]:
         f = self.run_dir / "stages" / seg_name / "distill_result.json"
-        return json.loads(f.read_text()) if f.exists() else None
+        return decided_by_rank0(lambda: json.loads(f.read_text()) if f.exists() else None, "segment_done")
 
     # ------------------------------------------------------------------ the run
     def run(self) -> dict:
@@ -385,8 +387,10 @@ class Pipeline:
                         idx = self.pr_index
                         pr_dir = self.run_dir / "pass_rates" / f"{idx:02d}_{label}"
                         self.pr_index += 1
-                        if (pr_dir / "summary.json").exists():
-                            self.curriculum.append((label, json.loads((pr_dir / "summary.json").read_text())))
+                        done_pr = decided_by_rank0(lambda: json.loads((pr_dir / "summary.json").read_text())
+                                                   if (pr_dir / "summary.json").exists() else None, "pass_rates")
+                        if done_pr is not None:
+                            self.curriculum.append((label, done_pr))
                             prev_pr = pr_dir
                     if done.get("student_dir"):
                         self.student_path = done["student_dir"]
@@ -433,5 +437,5 @@ class Pipeline:
                    "losses": losses, "final_student": self.student_path}
         if is_main_process():
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-        _barrier()
+        barrier()
         return summary

@@ -20,10 +20,11 @@ from typing import Sequence
 
 import numpy as np
 
-from .data import write_jsonl
 from .logging_utils import is_main_process
+from .parallel import barrier, decided_by_rank0
+from .tables import load_table, save_table
 
-__all__ = ["compute_weights", "run_weight_stage", "kernel_curve"]
+__all__ = ["compute_weights", "run_weight_stage", "kernel_curve", "kernel_overlay"]
 
 
 def _wmod():
@@ -112,13 +113,25 @@ def kernel_curve(info: dict, grid: np.ndarray) -> np.ndarray:
     return y
 
 
+def kernel_overlay(info: dict, p: Sequence[float]) -> tuple[np.ndarray, np.ndarray, str]:
+    """(grid, curve, label) of the kernel for ``plots.pass_rate_histogram``: scaled to unit mean
+    over the problems' pass rates ``p`` when the weights are normalised (as used in training)."""
+    grid = np.linspace(0, 1, 201)
+    curve = kernel_curve(info, grid)
+    p = np.asarray(p, dtype=np.float64)
+    raw_mean = kernel_curve(info, p).mean() if len(p) else 0
+    if info.get("normalize", True) and raw_mean > 0:
+        curve = curve / raw_mean
+    return grid, curve, info.get("description", "kernel")
+
+
 def run_weight_stage(out_dir: Path, ids: Sequence[str], pass_rates: np.ndarray, cfg, k: int,
                      logger, label: str = "weights", formats: Sequence[str] = ("parquet", "jsonl"),
                      plot: bool = True) -> tuple[np.ndarray, dict]:
     """Compute (or reload) and save the weights of a training stage."""
     out_dir = Path(out_dir)
     marker = out_dir / "weights.json"
-    if marker.exists():
+    if decided_by_rank0(marker.exists, "weights"):
         info = json.loads(marker.read_text())
         rows = _load_rows(out_dir)
         if [r["id"] for r in rows] != list(ids):
@@ -130,14 +143,13 @@ def run_weight_stage(out_dir: Path, ids: Sequence[str], pass_rates: np.ndarray, 
         out_dir.mkdir(parents=True, exist_ok=True)
         rows = [{"id": pid, "pass_rate": float(p), "weight": float(w)}
                 for pid, p, w in zip(ids, pass_rates, weights)]
-        from .scoring import _save_table
-        _save_table(out_dir, "weights", rows, formats)
+        save_table(out_dir, "weights", rows, formats)
         if plot:
             from .plots import pass_rate_histogram
-            pass_rate_histogram(pass_rates, out_dir / "weights.png", k=k, weight_info=info, title=label)
+            pass_rate_histogram(pass_rates, out_dir / "weights.png", k=k, kernel=kernel_overlay(info, pass_rates),
+                                title=label)
         marker.write_text(json.dumps(info, indent=2))
-    from .scoring import _barrier
-    _barrier()
+    barrier()
     n = len(weights)
     logger.info(f"{label}: {info['description']}; {info['n_zero_weight']}/{n} problems have weight 0 "
                 f"(never loaded by distillation)")
@@ -145,8 +157,4 @@ def run_weight_stage(out_dir: Path, ids: Sequence[str], pass_rates: np.ndarray, 
 
 
 def _load_rows(out_dir: Path) -> list[dict]:
-    if (out_dir / "weights.parquet").exists():
-        import pyarrow.parquet as pq
-        return pq.read_table(out_dir / "weights.parquet").to_pylist()
-    from .data import read_jsonl
-    return read_jsonl(out_dir / "weights.jsonl")
+    return load_table(out_dir, "weights")

@@ -13,7 +13,7 @@ from paced_train.data import MCQuestion, Problem, PromptBuilder
 from paced_train.evaluate import mc_accuracy, mc_choice_logprobs, mean_at_k, results_table
 from paced_train.logging_utils import RunLogger
 from paced_train.rollout import Generation, HFEngine, SamplingSpec, VLLMEngine, sample_rollouts
-from paced_train.scoring import bin_stats, load_pass_rates, run_pass_rate_stage
+from paced_train.pass_rates import bin_stats, load_pass_rates, run_pass_rate_stage
 
 torch.set_num_threads(1)
 

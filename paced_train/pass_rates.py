@@ -1,4 +1,4 @@
-"""Pass-rate stage: sample K rollouts per training problem, verify them, p_i = correct_i / n_i.
+"""Pass-rate stage (``paced_train.pass_rates``): sample K rollouts per training problem, verify them, p_i = correct_i / n_i.
 
 Outputs (in ``out_dir``; ``summary.json`` is written last and marks the stage done):
   rollouts.parquet          one row per sampled response: id, sample, token_ids, text, finished, correct
@@ -26,9 +26,10 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from .data import write_jsonl, read_jsonl
 from .logging_utils import is_main_process
+from .parallel import barrier, decided_by_rank0
 from .rollout import Generation, ProblemRollouts, SamplingSpec, sample_rollouts
+from .tables import load_table, save_table
 
 __all__ = ["PassRateResult", "default_verifier", "bin_stats", "run_pass_rate_stage", "load_pass_rates",
            "BIN_NAMES"]
@@ -114,7 +115,7 @@ def _save(out_dir: Path, res: PassRateResult, formats: Sequence[str]) -> None:
     tmp = out_dir / "rollouts.parquet.tmp"
     pq.write_table(table, tmp)
     tmp.replace(out_dir / "rollouts.parquet")
-    _save_table(out_dir, "pass_rates", _pass_rate_rows(res), formats)
+    save_table(out_dir, "pass_rates", _pass_rate_rows(res), formats)
 
 
 def _pass_rate_rows(res: PassRateResult) -> list[dict]:
@@ -128,26 +129,12 @@ def _pass_rate_rows(res: PassRateResult) -> list[dict]:
     return rows
 
 
-def _save_table(out_dir: Path, stem: str, rows: list[dict], formats: Sequence[str]) -> None:
-    if "jsonl" in formats:
-        write_jsonl(out_dir / f"{stem}.jsonl", rows)
-    if "parquet" in formats:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-        tmp = out_dir / f"{stem}.parquet.tmp"
-        pq.write_table(pa.Table.from_pylist(rows), tmp)
-        tmp.replace(out_dir / f"{stem}.parquet")
-
-
 def load_pass_rates(out_dir: Path) -> PassRateResult:
     """Reload a finished pass-rate stage (rollouts with token ids included)."""
     import pyarrow.parquet as pq
     out_dir = Path(out_dir)
     summary = json.loads((out_dir / "summary.json").read_text())
-    if (out_dir / "pass_rates.parquet").exists():
-        prs = pq.read_table(out_dir / "pass_rates.parquet").to_pylist()
-    else:
-        prs = read_jsonl(out_dir / "pass_rates.jsonl")
+    prs = load_table(out_dir, "pass_rates")
     ids = [r["id"] for r in prs]
     pos = {pid: i for i, pid in enumerate(ids)}
     rollouts = [ProblemRollouts(screened=bool(r["screened"])) for r in prs]
@@ -173,12 +160,13 @@ def run_pass_rate_stage(out_dir: Path, ids: Sequence[str], prompts: Sequence[Seq
                         plot: bool = True, step: int = 0) -> PassRateResult:
     """Rollouts -> verdicts -> pass rates (-> weights) -> files, table, histogram.
 
-    Skipped (results reloaded) when ``out_dir/summary.json`` exists. ``engine_factory()`` is only
-    called when sampling is needed; the engine is closed afterwards. ``weight_fn(p, K)`` returns
+    Skipped (results reloaded) when ``out_dir/summary.json`` exists (decided on rank 0 and
+    broadcast). ``engine_factory()`` is only called when sampling is needed; the engine is closed
+    afterwards. ``weight_fn(p, K)`` returns
     (weights, weight info) to store next to the pass rates and to draw the kernel.
     """
     out_dir = Path(out_dir)
-    if (out_dir / "summary.json").exists():
+    if decided_by_rank0(lambda: (out_dir / "summary.json").exists(), "pass_rates"):
         res = load_pass_rates(out_dir)
         logger.info(f"{label}: reusing {out_dir} (stage already done)")
         _print_table(res.summary, label, logger)
@@ -204,10 +192,11 @@ def run_pass_rate_stage(out_dir: Path, ids: Sequence[str], prompts: Sequence[Seq
         _save(out_dir, res, formats)
         if plot:
             from .plots import pass_rate_histogram
-            pass_rate_histogram(res.pass_rates, out_dir / "pass_rates.png", k=spec.n, weight_info=winfo,
-                                title=label)
+            from .weighting import kernel_overlay
+            pass_rate_histogram(res.pass_rates, out_dir / "pass_rates.png", k=spec.n,
+                                kernel=kernel_overlay(winfo, res.pass_rates) if winfo else None, title=label)
         (out_dir / "summary.json").write_text(json.dumps(stats, indent=2))
-    _barrier()
+    barrier()
     _print_table(stats, label, logger)
     logger.log({"pass_rate_mean": stats["mean"], "bin_low": stats["low"], "bin_med": stats["med"],
                 "bin_high": stats["high"], "n_zero": stats["n_zero"], "n_one": stats["n_one"],
@@ -227,9 +216,3 @@ def _print_table(stats: dict, label: str, logger) -> None:
         rows.append(["weight scheme", w.get("description", w.get("scheme", ""))])
         rows.append(["problems with weight 0", f"{w.get('n_zero_weight', 0)} / {stats['n']}"])
     logger.table(f"{label}: {stats['n']} problems", ["curriculum", "value"], rows)
-
-
-def _barrier() -> None:
-    import torch.distributed as dist
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
