@@ -588,9 +588,9 @@ def run_distill_stage(
     # ---- train ---------------------------------------------------------------------------
     bar = None
     if log.progress_enabled and start_step < total_steps:
-        from tqdm.auto import tqdm
+        from .logging_utils import progress_bar  # tqdm on a terminal, a line every ~30 s otherwise
 
-        bar = tqdm(total=total_steps, initial=start_step, desc=f"distill {stage_name}", unit="step", dynamic_ncols=True)
+        bar = progress_bar(total=total_steps, initial=start_step, desc=f"distill {stage_name}", unit="step")
     every = int(getattr(cfg, "checkpoint_every", 0) or 0)
     log_every = int(getattr(cfg, "log_every", 1) or 1)
     backend = getattr(cfg, "kl_backend", "auto")

@@ -7,7 +7,11 @@ Interface used by every stage (including distill.py):
   logger.info(msg) / logger.warning(msg)        - a line on the console (rank 0)
   logger.log(metrics: dict, step: int, stage: str) - one JSONL record + TensorBoard scalars
   logger.table(title, columns, rows)            - a rich table on the console (returns it as text)
-  logger.progress(iterable, desc=..., total=...) - a tqdm progress bar (silent on other ranks)
+  logger.progress(iterable, desc=..., total=...) - a progress bar (silent on other ranks)
+
+Progress bars: a tqdm bar when stderr is a terminal; otherwise (a log file, CI, a job scheduler)
+one plain line every ``PACED_PROGRESS_INTERVAL`` seconds (default 30) or 10% of the work,
+whichever comes first, plus a final line - never thousands of carriage returns.
 """
 from __future__ import annotations
 
@@ -20,7 +24,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
-__all__ = ["RunLogger", "get_rank", "get_world_size", "is_main_process", "progress"]
+__all__ = ["RunLogger", "get_rank", "get_world_size", "is_main_process", "progress", "progress_bar",
+           "LineProgress"]
 
 
 def get_rank() -> int:
@@ -49,12 +54,90 @@ def is_main_process() -> bool:
 
 def progress(iterable: Iterable, desc: str = "", total: Optional[int] = None, enabled: bool = True,
              unit: str = "it"):
-    """A tqdm bar on rank 0 (stderr); the bare iterable elsewhere or when disabled."""
+    """Progress over ``iterable`` on rank 0 (see the module doc); the bare iterable elsewhere or when
+    disabled."""
     if not enabled or not is_main_process():
         return iterable
-    from tqdm.auto import tqdm
-    return tqdm(iterable, desc=desc, total=total, unit=unit, dynamic_ncols=True, leave=True,
-                file=sys.stderr)
+    return progress_bar(iterable, desc=desc, total=total, unit=unit)
+
+
+def progress_bar(iterable: Optional[Iterable] = None, *, desc: str = "", total: Optional[int] = None,
+                 initial: int = 0, unit: str = "it", enabled: bool = True, stream=None):
+    """A bar with tqdm's ``update`` / ``set_postfix`` / ``close`` (and iteration when ``iterable`` is
+    given): tqdm on a terminal, :class:`LineProgress` otherwise, ``None``-like no-op when disabled
+    or not on rank 0."""
+    stream = stream if stream is not None else sys.stderr
+    if not enabled or not is_main_process():
+        return LineProgress(iterable, desc=desc, total=total, initial=initial, unit=unit, silent=True)
+    if getattr(stream, "isatty", lambda: False)():
+        from tqdm.auto import tqdm
+        return tqdm(iterable, desc=desc, total=total, initial=initial, unit=unit, dynamic_ncols=True,
+                    leave=True, file=stream)
+    return LineProgress(iterable, desc=desc, total=total, initial=initial, unit=unit, stream=stream)
+
+
+class LineProgress:
+    """Progress as occasional log lines: ``desc: n/total (pct) rate, elapsed, postfix``."""
+
+    def __init__(self, iterable: Optional[Iterable] = None, *, desc: str = "", total: Optional[int] = None,
+                 initial: int = 0, unit: str = "it", stream=None, interval_s: Optional[float] = None,
+                 silent: bool = False):
+        self.iterable = iterable
+        if total is None and iterable is not None and hasattr(iterable, "__len__"):
+            total = len(iterable)  # type: ignore[arg-type]
+        self.desc, self.total, self.unit, self.silent = desc, total, unit, silent
+        self.n = self._start = int(initial)
+        self.stream = stream if stream is not None else sys.stderr
+        self.interval_s = float(os.environ.get("PACED_PROGRESS_INTERVAL", 30)) if interval_s is None else interval_s
+        self._t0 = self._last_t = time.monotonic()
+        self._last_n = self.n
+        self._postfix = ""
+        self._closed = False
+        self.lines = 0
+
+    def __iter__(self):
+        for x in self.iterable:  # type: ignore[union-attr]
+            yield x
+            self.update(1)
+        self.close()
+
+    def __len__(self) -> int:
+        return int(self.total or 0)
+
+    def set_postfix(self, **kw) -> None:
+        self._postfix = ", ".join(f"{k}={v}" for k, v in kw.items())
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        now = time.monotonic()
+        tenth = self.total and (self.n - self._last_n) * 10 >= self.total
+        if now - self._last_t >= self.interval_s or tenth:
+            self._emit(now)
+
+    def _emit(self, now: float) -> None:
+        self._last_t, self._last_n = now, self.n
+        if self.silent:
+            return
+        elapsed = now - self._t0
+        done = self.n - self._start
+        rate = f"{done / elapsed:.2f} {self.unit}/s" if elapsed > 0 and done else f"- {self.unit}/s"
+        of = f"/{self.total} ({100 * self.n / self.total:.0f}%)" if self.total else ""
+        post = f", {self._postfix}" if self._postfix else ""
+        print(f"{self.desc}: {self.n}{of} {self.unit}, {rate}, {elapsed:.0f}s elapsed{post}",
+              file=self.stream, flush=True)
+        self.lines += 1
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            if self.n != self._last_n or self.lines == 0:
+                self._emit(time.monotonic())
+
+    def __enter__(self) -> "LineProgress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def _scalar(v: Any) -> Optional[float]:

@@ -49,9 +49,11 @@ def run(cfg: RunConfig, verify=None) -> tuple[Path, dict]:
     from .schedule import Pipeline
 
     env = parallel.init_distributed()
+    parallel.watch_for_peer_failure()  # another rank's error ends this one at once, with that error
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     run_dir = resolve_run_dir(cfg)
+    failed = False
     try:
         if is_main_process():
             if cfg.overwrite and run_dir.exists():
@@ -67,8 +69,12 @@ def run(cfg: RunConfig, verify=None) -> tuple[Path, dict]:
         with logger:
             logger.info(f"run directory: {run_dir} (rank 0 of {env.world_size}, device {env.device})")
             summary = Pipeline(cfg, run_dir, logger, verify=verify).run()
+    except BaseException as e:
+        failed = True
+        parallel.report_failure(e)  # the other ranks stop now instead of at a collective's timeout
+        raise
     finally:
-        parallel.teardown_distributed()
+        parallel.teardown_distributed(failed=failed)
     return run_dir, summary
 
 
