@@ -5,7 +5,8 @@ Paced's p in {0, 1} problems cost nothing), and hands the live tokens to one bac
 
 - "reference": plain PyTorch on full logits (`linear_kl_reference`), autograd, the ground truth;
 - "torch": chunked PyTorch (`linear_kl_torch`), CPU and GPU, no [N, V] tensor;
-- "triton": fused Triton kernels (`linear_kl_triton`), online logsumexp over vocabulary blocks;
+- "triton": per token chunk, cuBLAS logit GEMMs (fp32 out) + a Triton row kernel (KL and logit
+  gradient in place) + gradient GEMMs (`linear_kl_triton`, `linear_kl_rows`); logits once, no atomics;
 - "auto": triton on CUDA when importable, else torch.
 
 Backends share one primitive: per-token KL plus the gradients of sum_j c_j KL_j. For reductions

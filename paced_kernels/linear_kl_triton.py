@@ -1,78 +1,36 @@
-"""Fused linear KL in Triton: KL between student and teacher straight from hidden states.
+"""Triton backend of the fused linear KL: each token chunk's logits are computed once.
 
-Per token j, with s = h_s W_s^T / tau and t = h_t W_t^T / tau over a vocabulary of V entries,
+Per chunk of C tokens (C >= 512 on a GPU):
 
-    forward  KL_j = KL(p_t || p_s) = sum_v p_t (t - s) - lse(t) + lse(s)
-    reverse  KL_j = KL(p_s || p_t) = sum_v p_s (s - t) - lse(s) + lse(t)
+1. both logit GEMMs, s = h_s W_s^T and t = h_t W_t^T, fp32 output from bf16/fp16 operands
+   (cuBLAS through ``torch.mm(..., out_dtype=torch.float32)``; fp32 accumulation, logits never
+   rounded to 16 bits), into two reused [C, V] fp32 buffers;
+2. the row kernel (``linear_kl_rows``): per token, an online logsumexp pass and a gradient pass
+   over V, writing KL and the logit gradient G in place over s (bf16/fp16: G in the first half of
+   each row, a strided view);
+3. G into two tensor-core GEMMs: grad_h[chunk] = G W_s (written straight into the output) and
+   grad_W += G^T h_s (cuBLAS beta=1 accumulation).
 
-and, when a per-token upstream scale c_j is given, the gradients of L = sum_j c_j KL_j with
-respect to the student hidden states and lm_head weight. The [N, V] logits are never
-materialised: they exist only as [BLOCK_N, BLOCK_V] fp32 tiles in registers.
+No atomics anywhere: every output element has one writer per chunk. FLOPs are the minimum,
+2 N V (Hs + Ht) for the logits + 4 N V Hs for the gradients (the earlier recomputing design did
+1.5x that). Workspace: the two fp32 chunk buffers (2 * 4 * C * V bytes: 0.62 GB at C=512,
+V=151936) plus, when asked for, a [V, Hs] fp32 grad_W accumulator.
 
-Design (Cut-Cross-Entropy style: a statistics pass, then a gradient pass that recomputes)
------------------------------------------------------------------------------------------
-``_kl_partial_stats_kernel`` -- grid over (token block, vocabulary slice). Each program streams
-its slice of the vocabulary in BLOCK_V blocks; for each block it forms the student and teacher
-logit tiles with ``tl.dot`` over the hidden dimensions in BLOCK_K chunks (Hs and Ht may differ
-and need not be multiples of anything: loads are masked), then updates an online
-(flash-attention style) logsumexp for both models -- running maxima m_s, m_t, sums z_s, z_t --
-and the accumulator ``a = sum exp(x - m_x) (x - y)`` (x = t, y = s for forward; x = s, y = t for
-reverse), rescaling z and a by exp(m_old - m_new) whenever a maximum grows. Masked vocabulary
-columns get logit -inf, so they add exp(-inf) = 0 to z; their (x - y) is forced to 0 *before*
-the product so no 0 * inf = NaN can appear. Slicing the vocabulary (``vocab_splits``, on a GPU
-sized to ~4 programs per SM) keeps the GPU busy when N is small; with one slice per token block
-the grid would be N / BLOCK_N programs.
+G's scale: G = c_j * dKL/ds / tau, where c_j ~ 1/N; in fp16 such values flush to zero. The row
+kernel therefore receives c_j * S with S a power of two that puts max |c_j S / tau| in [1, 2),
+and the gradients are multiplied by 1/S at the end (exact: a power of two).
 
-``_kl_merge_kernel`` -- combines the slices with the same rescaling and writes KL per token and
-the statistics (m_s, log z_s, m_t, log z_t) in fp32 -- kept apart rather than summed into lse so
-that the gradient pass gets exact x - m near the maximum.
+grad_W accumulation: ``grad_w_fp32=None`` picks a bf16 accumulator for bf16 weights (the returned
+gradient itself, rounded once per chunk, as Liger does; no extra memory) and fp32 for fp16 (whose
+range the scaled sum could exceed); True forces an fp32 [V, Hs] accumulator (+4 V Hs bytes),
+also settable by PACED_KL_GRAD_W_FP32=1. The tests and ``benchmarks/gpu_check.py`` measure both
+against float64 and against a plain bf16 PyTorch implementation.
 
-``_kl_grad_kernel`` -- only when gradients are asked for; grid over (token block, vocab block)
-tiles, swizzled in groups of token blocks so concurrently running programs share hidden and
-weight tiles in L2. Each program recomputes its s and t tiles, forms in fp32
-
-    G = c_j * dKL/ds / tau,   dKL/ds = p_s - p_t                                (forward)
-                              dKL/ds = p_s (log p_s - log p_t - KL_j)            (reverse)
-
-then, per BLOCK_K chunk of Hs, accumulates grad_h[BN, k] += G @ W_s[BV, k] and
-grad_W[BV, k] += G^T @ h_s[BN, k] with fp32 atomic adds into fp32 buffers (bf16 atomics are not
-portable and lose precision); the launcher casts the buffers to the input dtype at the end.
-
-Precision: accumulation is always fp32. The logit tile leaves ``tl.dot`` in fp32 and stays fp32
-through the softmax (never rounded to bf16 first, unlike Liger's fused linear losses). On a GPU,
-bf16/fp16 operands go to the tensor cores as they are, and G is cast to the operand dtype for
-the two gradient GEMMs (what a bf16 autograd matmul does too; for fp16, after scaling each tile
-by a power of two so small gradients do not flush to zero); fp32 inputs use
-``input_precision="ieee"`` (true fp32 like PyTorch's default, no TF32 rounding). Under
-``TRITON_INTERPRET=1`` the interpreter multiplies raw bf16 bits wrongly, so the constexpr
-``UPCAST_OPERANDS`` converts operands to fp32 before every ``tl.dot`` (G is still rounded to
-the student's dtype first, so the interpreter reproduces the GPU's rounding).
-
-Cost, with N tokens, vocabulary V, hidden sizes Hs and Ht:
-    statistics pass      2 N V (Hs + Ht) FLOPs
-    gradient pass        2 N V (Hs + Ht) (logit recomputation) + 4 N V Hs (the two GEMMs)
-    total with grads     4 N V (Hs + Ht) + 4 N V Hs     (loss only: 2 N V (Hs + Ht))
-Why recompute: the gradient of any logit needs the token's final lse_s, lse_t (and KL for
-reverse), known only after the whole vocabulary has been seen. Recomputing costs one extra
-2 N V (Hs + Ht) (+50% over the 2 N V (Hs + Ht) + 4 N V Hs minimum when Hs = Ht) instead of
-keeping the [N, V] fp32 logits (10 GB at N=16384, V=151936). Memory stays O(N + V*Hs): per-token vectors,
-plus the fp32 gradient buffers [N, Hs] and [V, Hs] (for fp32 inputs the outputs themselves;
-for bf16 the [V, Hs] buffer is 2x the weight's size, e.g. 2.5 GB at V=151936, Hs=4096).
-
-Block sizes are fixed, autotune-free defaults on a GPU (bf16/fp16: BLOCK_N=64, BLOCK_V=128,
-BLOCK_K=32, 8 warps, 3 stages -- spill-free on sm_80/sm_90; see ``_GPU_CONFIG_16BIT``) and
-shape-sized large blocks under the interpreter, where per-program overhead dominates. They
-can be overridden per call (``block_n``/``block_v``/``block_k``, powers of two >= 16;
-``vocab_splits``) -- the tests use that to force several token, vocabulary and hidden blocks
-with tails, and several vocabulary slices.
-
-Gradients are accumulated with fp32 atomics, so on a GPU their low bits depend on the order in
-which programs finish (not bitwise deterministic run to run); KL is deterministic.
-
-``import triton`` happens at the top of this module; nothing else in ``paced_kernels`` imports
-it eagerly, so CPU-only installs work as long as backend="triton" is not requested.
+Under TRITON_INTERPRET=1 (CPU) the row kernel runs in the interpreter and the GEMMs are PyTorch
+CPU matmuls on operands upcast to fp32 (CPU bf16 GEMMs differ from cuBLAS's fp32-accumulating
+ones, and the interpreter's bf16 arithmetic is wrong); G is still rounded to the student dtype
+first, so the rounding matches the GPU's.
 """
-
 from __future__ import annotations
 
 import os
@@ -82,334 +40,20 @@ import torch
 
 try:
     import triton
-    import triton.language as tl
 except ImportError as _err:  # pragma: no cover - exercised only on installs without triton
     raise ImportError(
         "paced_kernels.linear_kl_triton needs triton (pip install 'paced[triton]'); "
         "use backend='torch' on machines without it"
     ) from _err
 
-__all__ = ["triton_linear_kl", "triton_available"]
+from .linear_kl_rows import _kl_rows_kernel, kl_rows
+
+__all__ = ["triton_linear_kl", "triton_available", "default_chunk_size"]
 
 _DIRECTIONS = ("forward", "reverse")
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-
-# GPU defaults (not autotuned: no GPU was available when they were chosen). Picked by compiling
-# both kernels ahead of time for sm_90 and sm_80 (triton.compile + cuobjdump -res-usage):
-# bf16/fp16 at BLOCK_N=64, BLOCK_V=128, BLOCK_K=32, 8 warps, 3 stages use tensor cores (wgmma on
-# Hopper, mma on Ampere) with no register spills; BLOCK_K=64 or 128-row/256-column tiles spill.
-# fp32 ("ieee", CUDA-core FMA) needs a narrower vocabulary tile to stay (almost) spill-free.
-_GPU_CONFIG_16BIT = dict(block_n=64, block_v=128, block_k=32, num_warps=8, num_stages=3)
-_GPU_CONFIG_FP32 = dict(block_n=64, block_v=64, block_k=32, num_warps=8, num_stages=2)
-_GROUP_N = 8  # token blocks per swizzle group in the gradient grid
-
-# Interpreter caps: big blocks so a test shape runs as one or a few numpy-vectorised programs.
-_INTERP_MAX_BLOCK_N = 64
-_INTERP_MAX_BLOCK_V = 512
-_INTERP_MAX_BLOCK_K = 64
-
-
-# ----------------------------------------------------------------------------------------------
-# Kernels
-# ----------------------------------------------------------------------------------------------
-
-
-@triton.jit
-def _logit_tile(
-    h_ptr,
-    w_ptr,
-    rows,
-    cols,
-    row_mask,
-    col_mask,
-    H,
-    stride_h,
-    stride_w,
-    BLOCK_N: tl.constexpr,
-    BLOCK_V: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    UPCAST_OPERANDS: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
-):
-    """fp32 tile h[rows] @ w[cols]^T of shape [BLOCK_N, BLOCK_V], reduced over H in BLOCK_K chunks."""
-    acc = tl.zeros([BLOCK_N, BLOCK_V], dtype=tl.float32)
-    h_rows = h_ptr + rows[:, None] * stride_h
-    w_cols = w_ptr + cols[None, :] * stride_w
-    for k0 in range(0, H, BLOCK_K):
-        ks = k0 + tl.arange(0, BLOCK_K)
-        k_mask = ks < H
-        h = tl.load(h_rows + ks[None, :], mask=row_mask[:, None] & k_mask[None, :], other=0.0)
-        w = tl.load(w_cols + ks[:, None], mask=k_mask[:, None] & col_mask[None, :], other=0.0)
-        if UPCAST_OPERANDS:
-            h = h.to(tl.float32)
-            w = w.to(tl.float32)
-        acc = tl.dot(h, w, acc, input_precision=DOT_PRECISION)
-    return acc
-
-
-@triton.jit
-def _kl_partial_stats_kernel(
-    hs_ptr,
-    ws_ptr,
-    ht_ptr,
-    wt_ptr,
-    part_ptr,
-    N,
-    V,
-    HS,
-    HT,
-    stride_hs,
-    stride_ws,
-    stride_ht,
-    stride_wt,
-    inv_tau,
-    NUM_SPLITS,
-    BLOCKS_PER_SPLIT,
-    REVERSE: tl.constexpr,
-    UPCAST_OPERANDS: tl.constexpr,
-    PRECISION_S: tl.constexpr,
-    PRECISION_T: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_V: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-):
-    """Online softmax statistics of one token block over one slice of the vocabulary.
-
-    Grid (token blocks, vocabulary splits). Writes part[0..4, split, token] = m_s, z_s, m_t, z_t
-    and the accumulator a for the slice; ``_kl_merge_kernel`` combines the slices.
-    """
-    pid_n = tl.program_id(0)
-    split = tl.program_id(1)
-    rows = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
-    row_mask = rows < N
-    v_lo = split * BLOCKS_PER_SPLIT * BLOCK_V
-    v_hi = tl.minimum(V, v_lo + BLOCKS_PER_SPLIT * BLOCK_V)
-
-    m_s = tl.full([BLOCK_N], float("-inf"), dtype=tl.float32)
-    m_t = tl.full([BLOCK_N], float("-inf"), dtype=tl.float32)
-    z_s = tl.zeros([BLOCK_N], dtype=tl.float32)
-    z_t = tl.zeros([BLOCK_N], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_N], dtype=tl.float32)
-
-    for v0 in range(v_lo, v_hi, BLOCK_V):
-        cols = (v0 + tl.arange(0, BLOCK_V)).to(tl.int64)
-        col_mask = cols < v_hi
-        s = _logit_tile(hs_ptr, ws_ptr, rows, cols, row_mask, col_mask, HS, stride_hs, stride_ws,
-                        BLOCK_N, BLOCK_V, BLOCK_K, UPCAST_OPERANDS, PRECISION_S) * inv_tau
-        t = _logit_tile(ht_ptr, wt_ptr, rows, cols, row_mask, col_mask, HT, stride_ht, stride_wt,
-                        BLOCK_N, BLOCK_V, BLOCK_K, UPCAST_OPERANDS, PRECISION_T) * inv_tau
-        # (x - y) on live columns only: masked columns hold finite junk (0) here, and are forced
-        # to 0 so that exp(-inf) * diff below is 0 * 0, never 0 * inf.
-        if REVERSE:
-            diff = tl.where(col_mask[None, :], s - t, 0.0)
-        else:
-            diff = tl.where(col_mask[None, :], t - s, 0.0)
-        s = tl.where(col_mask[None, :], s, float("-inf"))
-        t = tl.where(col_mask[None, :], t, float("-inf"))
-
-        # Every block holds at least one live column, so the new maxima are finite and the
-        # rescale factors exp(m_old - m_new) are exp(-inf) = 0 on the first block, never NaN.
-        m_s_new = tl.maximum(m_s, tl.max(s, axis=1))
-        m_t_new = tl.maximum(m_t, tl.max(t, axis=1))
-        scale_s = tl.exp(m_s - m_s_new)
-        scale_t = tl.exp(m_t - m_t_new)
-        e_s = tl.exp(s - m_s_new[:, None])
-        e_t = tl.exp(t - m_t_new[:, None])
-        z_s = z_s * scale_s + tl.sum(e_s, axis=1)
-        z_t = z_t * scale_t + tl.sum(e_t, axis=1)
-        if REVERSE:
-            acc = acc * scale_s + tl.sum(e_s * diff, axis=1)
-        else:
-            acc = acc * scale_t + tl.sum(e_t * diff, axis=1)
-        m_s = m_s_new
-        m_t = m_t_new
-
-    plane = NUM_SPLITS * N
-    out = part_ptr + split * N + rows
-    tl.store(out, m_s, mask=row_mask)
-    tl.store(out + plane, z_s, mask=row_mask)
-    tl.store(out + 2 * plane, m_t, mask=row_mask)
-    tl.store(out + 3 * plane, z_t, mask=row_mask)
-    tl.store(out + 4 * plane, acc, mask=row_mask)
-
-
-@triton.jit
-def _kl_merge_kernel(
-    part_ptr,
-    stats_ptr,
-    kl_ptr,
-    N,
-    NUM_SPLITS,
-    REVERSE: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-):
-    """Combine the vocabulary slices (same rescaling as within a slice); write KL and statistics.
-
-    The statistics are stored as max and log-sum separately (m_s, log z_s, m_t, log z_t) rather
-    than as lse = m + log z: the gradient kernel then forms log p = (x - m) - log z, where x - m
-    is exact near the maximum, instead of x - lse, whose fp32 rounding (ulp(|lse|)) would scale
-    every probability by up to 1 + ulp(|lse|) -- ~1e-5 relative error at logits ~100.
-    """
-    pid = tl.program_id(0)
-    rows = (pid * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
-    row_mask = rows < N
-    plane = NUM_SPLITS * N
-
-    m_s = tl.full([BLOCK_N], float("-inf"), dtype=tl.float32)
-    m_t = tl.full([BLOCK_N], float("-inf"), dtype=tl.float32)
-    z_s = tl.zeros([BLOCK_N], dtype=tl.float32)
-    z_t = tl.zeros([BLOCK_N], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_N], dtype=tl.float32)
-    for split in range(0, NUM_SPLITS):
-        src = part_ptr + split * N + rows
-        # Padding rows read finite values, so no exp(-inf + inf) below.
-        pm_s = tl.load(src, mask=row_mask, other=0.0)
-        pz_s = tl.load(src + plane, mask=row_mask, other=1.0)
-        pm_t = tl.load(src + 2 * plane, mask=row_mask, other=0.0)
-        pz_t = tl.load(src + 3 * plane, mask=row_mask, other=1.0)
-        pa = tl.load(src + 4 * plane, mask=row_mask, other=0.0)
-        m_s_new = tl.maximum(m_s, pm_s)
-        m_t_new = tl.maximum(m_t, pm_t)
-        old_s = tl.exp(m_s - m_s_new)
-        old_t = tl.exp(m_t - m_t_new)
-        new_s = tl.exp(pm_s - m_s_new)
-        new_t = tl.exp(pm_t - m_t_new)
-        z_s = z_s * old_s + pz_s * new_s
-        z_t = z_t * old_t + pz_t * new_t
-        if REVERSE:
-            acc = acc * old_s + pa * new_s
-        else:
-            acc = acc * old_t + pa * new_t
-        m_s = m_s_new
-        m_t = m_t_new
-
-    log_z_s = tl.log(z_s)
-    log_z_t = tl.log(z_t)
-    # lse(y) - lse(x), grouped so the large maxima cancel first.
-    if REVERSE:
-        kl = acc / z_s + ((m_t - m_s) + (log_z_t - log_z_s))
-    else:
-        kl = acc / z_t + ((m_s - m_t) + (log_z_s - log_z_t))
-    tl.store(stats_ptr + rows, m_s, mask=row_mask)
-    tl.store(stats_ptr + N + rows, log_z_s, mask=row_mask)
-    tl.store(stats_ptr + 2 * N + rows, m_t, mask=row_mask)
-    tl.store(stats_ptr + 3 * N + rows, log_z_t, mask=row_mask)
-    tl.store(kl_ptr + rows, kl, mask=row_mask)
-
-
-@triton.jit
-def _kl_grad_kernel(
-    hs_ptr,
-    ws_ptr,
-    ht_ptr,
-    wt_ptr,
-    stats_ptr,
-    kl_ptr,
-    scale_ptr,
-    grad_h_ptr,
-    grad_w_ptr,
-    N,
-    V,
-    HS,
-    HT,
-    stride_hs,
-    stride_ws,
-    stride_ht,
-    stride_wt,
-    stride_gh,
-    stride_gw,
-    inv_tau,
-    REVERSE: tl.constexpr,
-    UPCAST_OPERANDS: tl.constexpr,
-    PRECISION_S: tl.constexpr,
-    PRECISION_T: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_V: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    GROUP_N: tl.constexpr,
-    G_OPERAND_FP32: tl.constexpr,
-    G_TILE_SCALE: tl.constexpr,
-):
-    """One (token block, vocab block) tile: recompute logits, form G, atomically add both grads."""
-    pid = tl.program_id(0)
-    num_pid_n = tl.cdiv(N, BLOCK_N)
-    num_pid_v = tl.cdiv(V, BLOCK_V)
-    # Swizzle: groups of GROUP_N token blocks walk the vocabulary together (L2 reuse of W tiles).
-    group_size = GROUP_N * num_pid_v
-    group_id = pid // group_size
-    first_n = group_id * GROUP_N
-    group_n = tl.minimum(num_pid_n - first_n, GROUP_N)
-    pid_n = first_n + (pid % group_size) % group_n
-    pid_v = (pid % group_size) // group_n
-
-    rows = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
-    cols = (pid_v * BLOCK_V + tl.arange(0, BLOCK_V)).to(tl.int64)
-    row_mask = rows < N
-    col_mask = cols < V
-
-    s = _logit_tile(hs_ptr, ws_ptr, rows, cols, row_mask, col_mask, HS, stride_hs, stride_ws,
-                    BLOCK_N, BLOCK_V, BLOCK_K, UPCAST_OPERANDS, PRECISION_S) * inv_tau
-    t = _logit_tile(ht_ptr, wt_ptr, rows, cols, row_mask, col_mask, HT, stride_ht, stride_wt,
-                    BLOCK_N, BLOCK_V, BLOCK_K, UPCAST_OPERANDS, PRECISION_T) * inv_tau
-    m_s = tl.load(stats_ptr + rows, mask=row_mask, other=0.0)
-    log_z_s = tl.load(stats_ptr + N + rows, mask=row_mask, other=0.0)
-    m_t = tl.load(stats_ptr + 2 * N + rows, mask=row_mask, other=0.0)
-    log_z_t = tl.load(stats_ptr + 3 * N + rows, mask=row_mask, other=0.0)
-    c = tl.load(scale_ptr + rows, mask=row_mask, other=0.0)
-
-    # Masked rows/columns hold finite logits (loads padded with 0), so nothing below is NaN;
-    # they are zeroed explicitly afterwards anyway. (x - m) first: exact near the maximum.
-    log_p_s = (s - m_s[:, None]) - log_z_s[:, None]
-    log_p_t = (t - m_t[:, None]) - log_z_t[:, None]
-    p_s = tl.exp(log_p_s)
-    if REVERSE:
-        kl = tl.load(kl_ptr + rows, mask=row_mask, other=0.0)
-        d = p_s * (log_p_s - log_p_t - kl[:, None])
-    else:
-        d = p_s - tl.exp(log_p_t)
-    g = d * (c * inv_tau)[:, None]
-    g = tl.where(row_mask[:, None] & col_mask[None, :], g, 0.0)
-    if G_OPERAND_FP32:
-        g_op = g
-    else:
-        # G becomes a tensor-core operand in the student's dtype, as in a bf16 autograd matmul.
-        if G_TILE_SCALE:
-            # fp16 would flush G's typical magnitudes (c_j ~ 1/N times probabilities ~ 1e-6) to
-            # zero: scale the tile by a power of two (exact) so its max lands in [2^14, 2^15),
-            # and undo it on the fp32 products below.
-            g_max = tl.max(tl.max(tl.abs(g), axis=1), axis=0)
-            g_scale = tl.where(g_max > 0, tl.exp2(tl.floor(tl.log2(g_max)) - 14.0), 1.0)
-            g = g / g_scale
-        g_op = g.to(hs_ptr.dtype.element_ty)
-        if UPCAST_OPERANDS:
-            g_op = g_op.to(tl.float32)  # same rounding as on a GPU, fp32 dot for the interpreter
-
-    h_rows = hs_ptr + rows[:, None] * stride_hs
-    w_cols = ws_ptr + cols[:, None] * stride_ws
-    gh_rows = grad_h_ptr + rows[:, None] * stride_gh
-    gw_rows = grad_w_ptr + cols[:, None] * stride_gw
-    for k0 in range(0, HS, BLOCK_K):
-        ks = k0 + tl.arange(0, BLOCK_K)
-        k_mask = ks < HS
-        h_mask = row_mask[:, None] & k_mask[None, :]
-        w_mask = col_mask[:, None] & k_mask[None, :]
-        h = tl.load(h_rows + ks[None, :], mask=h_mask, other=0.0)   # [BN, BK]
-        w = tl.load(w_cols + ks[None, :], mask=w_mask, other=0.0)   # [BV, BK]
-        if UPCAST_OPERANDS:
-            h = h.to(tl.float32)
-            w = w.to(tl.float32)
-        gh = tl.dot(g_op, w, input_precision=PRECISION_S)             # [BN, BK]
-        gw = tl.dot(tl.trans(g_op), h, input_precision=PRECISION_S)   # [BV, BK]
-        if G_TILE_SCALE and not G_OPERAND_FP32:
-            gh = gh * g_scale
-            gw = gw * g_scale
-        tl.atomic_add(gh_rows + ks[None, :], gh, mask=h_mask, sem="relaxed")
-        tl.atomic_add(gw_rows + ks[None, :], gw, mask=w_mask, sem="relaxed")
-
-
-# ----------------------------------------------------------------------------------------------
-# Launcher
-# ----------------------------------------------------------------------------------------------
+GPU_CHUNK = 512          # tokens per chunk on a GPU (PACED_KL_TRITON_CHUNK overrides)
+_INTERP_CHUNK = 64       # under the interpreter: small chunks, several per test shape
 
 
 def _kernels_interpreted() -> bool:
@@ -418,7 +62,7 @@ def _kernels_interpreted() -> bool:
         from triton.runtime.interpreter import InterpretedFunction
     except ImportError:  # pragma: no cover - very old/new triton layouts
         return os.environ.get("TRITON_INTERPRET") == "1"
-    return isinstance(_kl_partial_stats_kernel, InterpretedFunction)
+    return isinstance(_kl_rows_kernel, InterpretedFunction)
 
 
 _INTERPRET = _kernels_interpreted()
@@ -429,31 +73,85 @@ def triton_available() -> bool:
     return torch.cuda.is_available() or _INTERPRET
 
 
-def _dot_precision(dtype: torch.dtype) -> str:
-    """tl.dot input precision: fp32 operands get true fp32 products ("ieee", PyTorch's default,
-    no TF32 rounding); for bf16/fp16 operands the setting is ignored and "tf32" is the default."""
-    return "ieee" if (dtype == torch.float32 or _INTERPRET) else "tf32"
+def default_chunk_size(n_tokens: int) -> int:
+    env = os.environ.get("PACED_KL_TRITON_CHUNK")
+    chunk = int(env) if env else (_INTERP_CHUNK if _INTERPRET else GPU_CHUNK)
+    if chunk < 1:
+        raise ValueError(f"PACED_KL_TRITON_CHUNK must be >= 1, got {chunk}")
+    return max(1, min(n_tokens, chunk))
 
 
-def _default_vocab_splits(device: torch.device, n_token_blocks: int, n_vocab_blocks: int) -> int:
-    """Split the vocabulary so the statistics pass launches ~4 programs per SM.
+# ---------------------------------------------------------------------------------------------
+# GEMMs: fp32 results from 16-bit operands, no [C, V] temporaries beyond the given buffers
+# ---------------------------------------------------------------------------------------------
 
-    One program per token block alone leaves most SMs idle when N is small (N=2048 -> 32
-    programs on 132 SMs); slices are merged exactly afterwards, so this only costs a [5, S, N]
-    buffer and one tiny kernel.
-    """
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
-    return max(1, min(n_vocab_blocks, triton.cdiv(4 * sms, n_token_blocks)))
+GEMM_PATHS: dict[str, int] = {}  # which GEMM route ran, by name (gpu_check reports it)
+_MM_OUT_DTYPE_OK = {"mm": True, "addmm": True}  # switched off once torch rejects out_dtype
 
 
-def _pow2_block(size: int, lo: int, hi: int) -> int:
-    return max(lo, min(hi, triton.next_power_of_2(max(int(size), 1))))
+def _count(path: str) -> None:
+    GEMM_PATHS[path] = GEMM_PATHS.get(path, 0) + 1
 
 
-def _check_block(name: str, value: int) -> int:
-    if not isinstance(value, int) or value < 16 or value & (value - 1):
-        raise ValueError(f"{name} must be a power of two >= 16 (tl.dot tiles), got {value!r}")
-    return value
+def _logits_into(h: torch.Tensor, w: torch.Tensor, out: torch.Tensor) -> None:
+    """out[C, V] (fp32) = h @ w^T with fp32 accumulation."""
+    if h.dtype == torch.float32 or not h.is_cuda:
+        torch.mm(h if h.dtype == torch.float32 else h.float(), w.T, out=out)  # CPU: w already fp32
+        return
+    if _MM_OUT_DTYPE_OK["mm"]:
+        try:
+            torch.mm(h, w.T, out_dtype=torch.float32, out=out)
+            _count("logits: mm(out_dtype=fp32, out=buffer)")
+            return
+        except (TypeError, RuntimeError, NotImplementedError):
+            pass
+        try:
+            out.copy_(torch.mm(h, w.T, out_dtype=torch.float32))
+            _count("logits: mm(out_dtype=fp32) + copy")
+            return
+        except (TypeError, RuntimeError, NotImplementedError):
+            _MM_OUT_DTYPE_OK["mm"] = False  # torch without mm(out_dtype=): upcast below
+    _count("logits: fp32 upcast mm (slow fallback)")
+    torch.mm(h.float(), w.float().T, out=out)
+
+
+def _grad_h_into(g: torch.Tensor, w: torch.Tensor, out: torch.Tensor) -> None:
+    """out[C, Hs] = G @ W_s (out in the student dtype; fp32 accumulation inside cuBLAS)."""
+    if g.is_cuda or g.dtype == torch.float32:
+        torch.mm(g, w, out=out)
+        return
+    out.copy_(g.float() @ w)  # CPU: w is the fp32 copy
+
+
+def _grad_w_accumulate(acc: torch.Tensor, g: torch.Tensor, h: torch.Tensor) -> None:
+    """acc[V, Hs] += G^T @ h_s; acc is the weight dtype (rounded once per call) or fp32."""
+    if not g.is_cuda:  # CPU/interpreter: emulate cuBLAS (fp32 products and sum, one rounding)
+        prod = g.float().T @ h.float()
+        if acc.dtype == torch.float32:
+            acc.add_(prod)
+        else:
+            acc.copy_(acc.float().add_(prod))
+        return
+    if acc.dtype == g.dtype:
+        acc.addmm_(g.T, h)
+        return
+    if _MM_OUT_DTYPE_OK["addmm"]:  # fp32 accumulator, 16-bit operands
+        try:
+            torch.addmm(acc, g.T, h, out_dtype=torch.float32, out=acc)
+            _count("grad_W: addmm(out_dtype=fp32) into the fp32 accumulator")
+            return
+        except (TypeError, RuntimeError, NotImplementedError):
+            _MM_OUT_DTYPE_OK["addmm"] = False
+    _count("grad_W: fp32 vocabulary slices (fallback)")
+    step = max(1, (64 * 2**20) // (4 * h.shape[1]))  # keeps the fp32 temporary at 64 MB
+    h32 = h.float()
+    for lo in range(0, acc.shape[0], step):
+        acc[lo:lo + step].add_(g[:, lo:lo + step].T.float() @ h32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation
+# ---------------------------------------------------------------------------------------------
 
 
 def _validate(student_hidden, student_weight, teacher_hidden, teacher_weight, token_scale,
@@ -486,9 +184,7 @@ def _validate(student_hidden, student_weight, teacher_hidden, teacher_weight, to
     n_t, ht = teacher_hidden.shape
     v_t, ht_w = teacher_weight.shape
     if n < 1 or v < 1 or hs < 1 or ht < 1:
-        raise ValueError(
-            f"triton_linear_kl: empty input (N={n}, V={v}, Hs={hs}, Ht={ht}); all must be >= 1"
-        )
+        raise ValueError(f"triton_linear_kl: empty input (N={n}, V={v}, Hs={hs}, Ht={ht}); all must be >= 1")
     if hs_w != hs:
         raise ValueError(f"triton_linear_kl: student_weight is [V, {hs_w}] but student_hidden is [N, {hs}]")
     if ht_w != ht:
@@ -510,18 +206,37 @@ def _validate(student_hidden, student_weight, teacher_hidden, teacher_weight, to
     devices = {x.device for x in tensors.values()}
     if token_scale is not None:
         if not isinstance(token_scale, torch.Tensor) or token_scale.shape != (n,):
-            if isinstance(token_scale, torch.Tensor):
-                shape = tuple(token_scale.shape)
-            else:
-                shape = type(token_scale).__name__
+            shape = tuple(token_scale.shape) if isinstance(token_scale, torch.Tensor) else type(token_scale).__name__
             raise ValueError(f"triton_linear_kl: token_scale must be a [N]={n} tensor, got {shape}")
         devices.add(token_scale.device)
     if len(devices) != 1:
-        raise ValueError(
-            f"triton_linear_kl: all inputs must be on one device, got {sorted(map(str, devices))}"
-        )
-    if not isinstance(temperature, (int, float)) or not (temperature > 0 and temperature < float("inf")):
+        raise ValueError(f"triton_linear_kl: all inputs must be on one device, got {sorted(map(str, devices))}")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not (
+        0 < temperature < float("inf")
+    ):
         raise ValueError(f"triton_linear_kl: temperature must be a finite number > 0, got {temperature!r}")
+
+
+def _loss_scale(c: torch.Tensor) -> torch.Tensor:
+    """Power of two S (0-dim fp32 tensor, on device: no host sync) with max |c S| in [1, 2)."""
+    peak = c.abs().amax()
+    exponent = torch.where(peak > 0, -torch.floor(torch.log2(peak)), torch.zeros_like(peak))
+    return torch.exp2(exponent)
+
+
+def _want_fp32_grad_w(dtype: torch.dtype, grad_w_fp32: Optional[bool]) -> bool:
+    if dtype == torch.float32:
+        return True
+    if dtype == torch.float16:
+        return True  # the scaled sum over all tokens can exceed fp16's range
+    if grad_w_fp32 is not None:
+        return bool(grad_w_fp32)
+    return os.environ.get("PACED_KL_GRAD_W_FP32", "0") == "1"
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry point (backend contract of linear_kl.py)
+# ---------------------------------------------------------------------------------------------
 
 
 @torch.no_grad()
@@ -534,95 +249,72 @@ def triton_linear_kl(
     direction: str,
     temperature: float,
     *,
-    block_n: Optional[int] = None,
+    chunk_size: Optional[int] = None,
+    grad_w_fp32: Optional[bool] = None,
     block_v: Optional[int] = None,
-    block_k: Optional[int] = None,
-    vocab_splits: Optional[int] = None,
 ) -> tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
     """Per-token KL and (if ``token_scale`` is given) grads of ``sum_j token_scale[j] * KL_j``.
 
     Returns ``(kl [N] fp32, grad_student_hidden [N, Hs] or None, grad_student_weight [V, Hs] or
-    None)``; gradients come back in the student's dtype. ``block_*`` override the tile sizes
-    (powers of two >= 16) and ``vocab_splits`` the number of vocabulary slices the statistics
-    pass is split into; leave them None for the defaults.
+    None)``, gradients in the student's dtype. ``chunk_size`` (tokens per chunk), ``grad_w_fp32``
+    (grad_W accumulator, see the module docstring) and ``block_v`` (row-kernel block, a power of
+    two >= 16) override the defaults.
     """
-    _validate(student_hidden, student_weight, teacher_hidden, teacher_weight, token_scale,
-              direction, float(temperature) if isinstance(temperature, (int, float)) else temperature)
-    hs_in = student_hidden.contiguous()
-    ws_in = student_weight.contiguous()
-    ht_in = teacher_hidden.contiguous()
-    wt_in = teacher_weight.contiguous()
+    _validate(student_hidden, student_weight, teacher_hidden, teacher_weight, token_scale, direction, temperature)
+    if chunk_size is not None and (not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    hs_in, ht_in = student_hidden.contiguous(), teacher_hidden.contiguous()
+    ws_in, wt_in = student_weight.contiguous(), teacher_weight.contiguous()
     n, hs = hs_in.shape
     v = ws_in.shape[0]
-    ht = ht_in.shape[1]
-    device = hs_in.device
-
-    if _INTERPRET:
-        bn = _pow2_block(n, 16, _INTERP_MAX_BLOCK_N)
-        bv = _pow2_block(v, 16, _INTERP_MAX_BLOCK_V)
-        bk = _pow2_block(max(hs, ht), 16, _INTERP_MAX_BLOCK_K)
-        launch_opts = {}
-    else:
-        any_fp32 = torch.float32 in (hs_in.dtype, ht_in.dtype)
-        cfg = _GPU_CONFIG_FP32 if any_fp32 else _GPU_CONFIG_16BIT
-        bn, bv, bk = cfg["block_n"], cfg["block_v"], cfg["block_k"]
-        launch_opts = {"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]}
-    bn = _check_block("block_n", block_n) if block_n is not None else bn
-    bv = _check_block("block_v", block_v) if block_v is not None else bv
-    bk = _check_block("block_k", block_k) if block_k is not None else bk
-
-    reverse = direction == "reverse"
+    device, dtype = hs_in.device, hs_in.dtype
+    chunk = min(n, chunk_size) if chunk_size is not None else default_chunk_size(n)
     inv_tau = 1.0 / float(temperature)
-    common = dict(
-        REVERSE=reverse,
-        UPCAST_OPERANDS=_INTERPRET,
-        PRECISION_S=_dot_precision(hs_in.dtype),
-        PRECISION_T=_dot_precision(ht_in.dtype),
-        BLOCK_N=bn,
-        BLOCK_V=bv,
-        BLOCK_K=bk,
-    )
+    reverse = direction == "reverse"
+    want_grad = token_scale is not None
 
-    n_token_blocks = triton.cdiv(n, bn)
-    n_vocab_blocks = triton.cdiv(v, bv)
-    if vocab_splits is None:
-        vocab_splits = 1 if _INTERPRET else _default_vocab_splits(device, n_token_blocks, n_vocab_blocks)
-    elif not isinstance(vocab_splits, int) or vocab_splits < 1:
-        raise ValueError(f"vocab_splits must be a positive int, got {vocab_splits!r}")
-    blocks_per_split = triton.cdiv(n_vocab_blocks, min(vocab_splits, n_vocab_blocks))
-    num_splits = triton.cdiv(n_vocab_blocks, blocks_per_split)  # every split non-empty
+    # GEMM operands: as given on a GPU; fp32 copies on CPU (interpreter runs only)
+    ws_mm = ws_in if ws_in.is_cuda else ws_in.float()
+    wt_mm = wt_in if wt_in.is_cuda else wt_in.float()
 
-    partials = torch.empty(5, num_splits, n, dtype=torch.float32, device=device)
-    _kl_partial_stats_kernel[(n_token_blocks, num_splits)](
-        hs_in, ws_in, ht_in, wt_in, partials,
-        n, v, hs, ht,
-        hs_in.stride(0), ws_in.stride(0), ht_in.stride(0), wt_in.stride(0),
-        inv_tau, num_splits, blocks_per_split,
-        **common, **launch_opts,
-    )
+    # rows padded to 16 elements: 64-byte aligned rows for cuBLAS and 16-byte loads in the kernel
+    v_pad = -(-v // 16) * 16
+    s_buf = torch.empty(chunk, v_pad, dtype=torch.float32, device=device)
+    t_buf = torch.empty(chunk, v_pad, dtype=torch.float32, device=device)
+    g_buf = None if dtype == torch.float32 else s_buf.view(dtype)  # [chunk, 2 v_pad] over s_buf
     kl = torch.empty(n, dtype=torch.float32, device=device)
-    stats = torch.empty(4, n, dtype=torch.float32, device=device)  # m_s, log z_s, m_t, log z_t
-    merge_block = _pow2_block(n, 16, 256) if _INTERPRET else 256
-    _kl_merge_kernel[(triton.cdiv(n, merge_block),)](
-        partials, stats, kl, n, num_splits, REVERSE=reverse, BLOCK_N=merge_block,
-    )
-    if token_scale is None:
-        return kl, None, None
+    grad_h = grad_w = row_scale = inv_scale = None
+    if want_grad:
+        c = token_scale.detach().to(device=device, dtype=torch.float32) * inv_tau
+        scale = _loss_scale(c)
+        row_scale, inv_scale = (c * scale).contiguous(), 1.0 / scale
+        grad_h = torch.empty_like(hs_in)
+        acc_dtype = torch.float32 if _want_fp32_grad_w(dtype, grad_w_fp32) else dtype
+        grad_w = torch.zeros(v, hs, dtype=acc_dtype, device=device)
 
-    scale = token_scale.detach().to(device=device, dtype=torch.float32).contiguous()
-    # fp32 accumulation buffers (the outputs themselves for fp32 students).
-    grad_h = torch.zeros(n, hs, dtype=torch.float32, device=device)
-    grad_w = torch.zeros(v, hs, dtype=torch.float32, device=device)
-    grid = (triton.cdiv(n, bn) * triton.cdiv(v, bv),)
-    _kl_grad_kernel[grid](
-        hs_in, ws_in, ht_in, wt_in, stats, kl, scale, grad_h, grad_w,
-        n, v, hs, ht,
-        hs_in.stride(0), ws_in.stride(0), ht_in.stride(0), wt_in.stride(0),
-        grad_h.stride(0), grad_w.stride(0),
-        inv_tau,
-        GROUP_N=_GROUP_N,
-        G_OPERAND_FP32=hs_in.dtype == torch.float32,
-        G_TILE_SCALE=hs_in.dtype == torch.float16,
-        **common, **launch_opts,
-    )
-    return kl, grad_h.to(student_hidden.dtype), grad_w.to(student_weight.dtype)
+    for lo in range(0, n, chunk):
+        hi = min(lo + chunk, n)
+        s, t = s_buf[: hi - lo, :v], t_buf[: hi - lo, :v]
+        _logits_into(hs_in[lo:hi], ws_mm, s)
+        _logits_into(ht_in[lo:hi], wt_mm, t)
+        g = None
+        if want_grad:
+            # G over s: fp32 in place, or the first half of each fp32 row as 16-bit
+            g = s if g_buf is None else g_buf[: hi - lo, :v]
+        kl_rows(s, t, kl[lo:hi], reverse=reverse, inv_tau=inv_tau, g_out=g,
+                row_scale=row_scale[lo:hi] if want_grad else None, interpreted=_INTERPRET, block_v=block_v)
+        if want_grad:
+            gh = grad_h[lo:hi]
+            _grad_h_into(g, ws_mm if not g.is_cuda else ws_in, gh)
+            if dtype == torch.float16:  # unscale in fp32: 1/S itself may be below fp16's range
+                gh.copy_(gh.float().mul_(inv_scale))
+            _grad_w_accumulate(grad_w, g, hs_in[lo:hi])
+    del s_buf, t_buf, g_buf, s, t, g
+    if not want_grad:
+        return kl, None, None
+    if dtype != torch.float16:
+        grad_h.mul_(inv_scale.to(dtype))  # a power of two: exact in bf16 / fp32
+    grad_w.mul_(inv_scale)  # fp32, or bf16 (exact)
+    if grad_w.dtype != dtype:
+        grad_w = grad_w.to(dtype)
+    return kl, grad_h, grad_w
