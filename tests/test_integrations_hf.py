@@ -226,3 +226,22 @@ def test_paced_kernels_imports_no_trainer_stack():
     code = ("import sys, paced_kernels.integrations.hf, paced_kernels.integrations.weighting; "
             "assert 'paced_train' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_readme_examples_run_as_written(tmp_path):
+    """The python blocks of README's "Using Paced in your own trainer" section, each run as a script."""
+    import os
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Using Paced in your own trainer", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    assert len(blocks) == 2, "expected the Trainer and the TRL example"
+    env = dict(os.environ, OMP_NUM_THREADS="1", TRL_EXPERIMENTAL_SILENCE="1")
+    for i, code in enumerate(blocks):
+        script = tmp_path / f"example_{i}.py"
+        script.write_text(code + "\nassert trainer.state.global_step == 2\n")
+        done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
