@@ -41,6 +41,7 @@ __all__ = [
     "capture_rng_state",
     "restore_rng_state",
     "export_pretrained",
+    "save_tokenizer_files",
 ]
 
 COMPLETE_MARKER = "COMPLETE"
@@ -231,12 +232,15 @@ def load_checkpoint(
 # --------------------------------------------------------------------------------------------
 
 
-def export_pretrained(model: nn.Module, out_dir: str | Path) -> Path:
+def export_pretrained(model: nn.Module, out_dir: str | Path, tokenizer: Any | None = None) -> Path:
     """Save ``model`` with ``save_pretrained`` (safetensors) to ``out_dir`` (collective under FSDP2).
 
     Under a process group the full, unsharded state dict is gathered to CPU on every rank with
     ``get_model_state_dict(full_state_dict=True, cpu_offload=True)`` and rank 0 writes it; in a
-    single process the model is saved directly. Returns ``out_dir``.
+    single process the model is saved directly. ``save_pretrained`` writes ``config.json`` and
+    ``generation_config.json``; with ``tokenizer`` (a tokenizer or the folder it comes from) its
+    files are written too, so the folder is a complete model directory that both
+    ``LLM(model=out_dir)`` and ``from_pretrained(out_dir)`` load. Returns ``out_dir``.
     """
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
@@ -248,10 +252,30 @@ def export_pretrained(model: nn.Module, out_dir: str | Path) -> Path:
         if _rank() == 0:
             _restore_ties(model, state)
             model.save_pretrained(out_dir, state_dict=state)
+            if tokenizer is not None:
+                save_tokenizer_files(out_dir, tokenizer)
         _barrier()
     else:
         model.save_pretrained(out_dir)
+        if tokenizer is not None:
+            save_tokenizer_files(out_dir, tokenizer)
     return out_dir
+
+
+def save_tokenizer_files(out_dir: str | Path, tokenizer: Any, trust_remote_code: bool = False) -> Path:
+    """Write a tokenizer's files (tokenizer.json, tokenizer_config.json, chat template, ...) into
+    ``out_dir``. ``tokenizer`` is a tokenizer object or a folder: a folder is loaded afresh, so the
+    files are the source's, not a copy altered for batching (pad token, left padding)."""
+    if isinstance(tokenizer, (str, Path)):
+        from transformers import AutoTokenizer
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(tokenizer), trust_remote_code=trust_remote_code)
+        except OSError as e:
+            raise ValueError(f"cannot load the tokenizer {str(tokenizer)!r} to export it: {e}") from None
+    if not hasattr(tokenizer, "save_pretrained"):
+        raise ValueError(f"save_tokenizer_files needs a Hugging Face tokenizer or a folder, got {type(tokenizer).__name__}")
+    tokenizer.save_pretrained(str(out_dir))
+    return Path(out_dir)
 
 
 def _restore_ties(model: nn.Module, state: dict[str, torch.Tensor]) -> None:

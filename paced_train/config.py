@@ -147,6 +147,7 @@ class DistillConfig:
     seed: Optional[int] = None          # defaults to the run seed
     loss_normalization: Literal["tokens", "problems"] = "tokens"
     recompute_every: Optional[int] = None  # steps; recompute pass rates/weights every R steps
+    truncated: Literal["drop", "keep"] = "drop"  # responses that hit the length limit (no EOS) as targets
     shuffle: bool = True
     log_every: int = 1
 

@@ -147,6 +147,10 @@ def run_eval(out_path: Path, label: str, *, engine_factory: Optional[Callable], 
         finally:
             engine.close()
     if mc_questions:
+        # ``model`` may be a callable returning it: asked for only now, after the generation engine
+        # has closed (a vLLM phase has the devices while it runs; the model is reloaded onto them)
+        if callable(model) and not isinstance(model, torch.nn.Module):
+            model = model()
         result["mc"] = mc_accuracy(model, tokenizer, mc_questions, builder, cfg,
                                    show_progress=logger.progress_bars)
     if is_main_process():

@@ -6,9 +6,9 @@ Engines (``make_engine``):
     ``torch.manual_seed`` inside ``torch.random.fork_rng`` (reproducible, and the caller's RNG
     stream is untouched). The CPU default.
   * ``vllm`` - offline ``vllm.LLM(...).generate(prompts, SamplingParams(n=K, ...))`` from a model
-    folder, tensor parallel. Under ``torchrun`` the ranks form data-parallel groups of
-    ``tensor_parallel_size`` ranks (vLLM's ``external_launcher`` executor); each group samples its
-    shard of the prompts and the results are all-gathered. vllm is imported only when used.
+    folder, tensor parallel, in generation worker processes of its own (one per group of
+    ``tensor_parallel_size`` ranks; ``paced_train.generation_worker``): each samples its shard of
+    the prompts with per-prompt seeds and exits. vllm is imported only inside the workers.
 
 Both return, per prompt, a list of ``Generation`` (response token ids cut after the first stop
 token, which is kept; decoded text; whether it finished with a stop token).
@@ -28,7 +28,7 @@ import torch
 
 from .logging_utils import get_rank, get_world_size, progress
 
-__all__ = ["SamplingSpec", "Generation", "RolloutEngine", "HFEngine", "VLLMEngine", "make_engine",
+__all__ = ["SamplingSpec", "Generation", "RolloutEngine", "HFEngine", "VLLMEngine", "make_engine", "vllm_llm_kwargs",
            "ProblemRollouts", "sample_rollouts", "stop_token_ids", "truncate_at_stop"]
 
 
@@ -80,24 +80,6 @@ def truncate_at_stop(ids: Sequence[int], stops: set[int]) -> tuple[list[int], bo
         if t in stops:
             return out, True
     return out, False
-
-
-def _shard(n: int, rank: int, world: int) -> list[int]:
-    return list(range(rank, n, world))
-
-
-def _gather_sharded(local: list, indices: list[int], n: int, world: int) -> list:
-    """All-gather per-index results from every rank and put them back in order."""
-    if world == 1:
-        return local
-    import torch.distributed as dist
-    parts: list = [None] * world
-    dist.all_gather_object(parts, (indices, local))
-    out: list = [None] * n
-    for idx, res in parts:
-        for i, r in zip(idx, res):
-            out[i] = r
-    return out
 
 
 # ===================================================================== Hugging Face engine
@@ -184,92 +166,97 @@ def _mix_seed(*parts: int) -> int:
 
 # ===================================================================== vLLM engine
 class VLLMEngine:
-    """Offline vLLM sampling from a model folder (import on first use).
+    """Offline vLLM sampling from a model folder, in *this* process (import on first use).
 
-    With ``tensor_parallel_size=tp`` under torchrun with W ranks, ranks ``g*tp .. g*tp+tp-1`` form
-    data-parallel group g (of W // tp); every rank of a group feeds the group's shard of prompts
-    (``external_launcher`` executor) and the outputs are all-gathered across ranks.
+    The pipeline never builds it inside a trainer rank: ``make_engine("vllm")`` runs it in
+    generation workers of their own (``paced_train.generation_worker``), one per tensor-parallel
+    group, each a plain single-node ``vllm.LLM`` that owns its group's GPUs and exits afterwards,
+    so vLLM's process-group setup and teardown never touch the trainer's.
     """
 
-    def __init__(self, model_path: str, tokenizer, tokenizer_path: Optional[str] = None,
-                 tensor_parallel_size: int = 1, dtype: str = "auto", seed: int = 0,
-                 gpu_memory_utilization: float = 0.85, max_model_len: Optional[int] = None,
-                 enforce_eager: bool = False, trust_remote_code: bool = False, extra: Optional[dict] = None,
-                 show_progress: bool = True):
+    def __init__(self, llm_kwargs: dict, stop_ids: Sequence[int], show_progress: bool = False):
         try:
             import vllm
         except ImportError:
             raise ValueError("rollout.engine=vllm needs vLLM: pip install 'paced[vllm]' (GPU only); "
                              "use rollout.engine=hf on CPU") from None
         self._vllm = vllm
-        self.tok = tokenizer
-        self.stops = stop_token_ids(tokenizer)
-        self.tp = tensor_parallel_size
-        self.world = get_world_size()
-        self.rank = get_rank()
+        self.stops = [int(i) for i in stop_ids]
+        if not self.stops:
+            raise ValueError("the vllm engine needs at least one stop token id (the EOS)")
         self.show_progress = show_progress
-        if self.world > 1 and self.world % self.tp:
-            raise ValueError(f"rollout.tensor_parallel_size={self.tp} must divide the number of ranks "
-                             f"({self.world})")
-        kwargs = dict(model=model_path, tokenizer=tokenizer_path or model_path, tensor_parallel_size=self.tp,
-                      dtype=dtype, seed=seed, gpu_memory_utilization=gpu_memory_utilization,
-                      enforce_eager=enforce_eager, trust_remote_code=trust_remote_code)
-        if max_model_len is not None:
-            kwargs["max_model_len"] = max_model_len
-        if self.world > 1:
-            kwargs["distributed_executor_backend"] = "external_launcher"
-        kwargs.update(extra or {})
-        self.llm = vllm.LLM(**kwargs)
+        self.kwargs = dict(llm_kwargs)
+        self.llm = vllm.LLM(**self.kwargs)
 
-    def generate(self, prompts, spec: SamplingSpec, desc: str = "rollouts") -> list[list[Generation]]:
-        n = len(prompts)
-        dp_size = max(1, self.world // self.tp)
-        dp_rank = self.rank // self.tp
-        mine = _shard(n, dp_rank, dp_size)
-        # one seed per prompt (from its global index): samples do not depend on the sharding
+    def generate(self, prompts, spec: SamplingSpec, desc: str = "rollouts",
+                 seeds: Optional[Sequence[int]] = None) -> list[list[Generation]]:
+        """K samples per prompt; ``seeds[i]`` seeds prompt i (default: from spec.seed and i), so a
+        prompt's samples do not depend on which other prompts share the call."""
+        if seeds is None:
+            seeds = [_mix_seed(spec.seed, i) % (2 ** 31) for i in range(len(prompts))]
         params = [self._vllm.SamplingParams(
             n=spec.n, temperature=spec.temperature, top_p=spec.top_p,
             top_k=spec.top_k if spec.top_k > 0 else -1, max_tokens=spec.max_new_tokens,
-            seed=_mix_seed(spec.seed, i) % (2 ** 31), stop_token_ids=self.stops, skip_special_tokens=True)
-            for i in mine]
-        reqs = [{"prompt_token_ids": list(prompts[i])} for i in mine]
-        outs = self.llm.generate(reqs, params, use_tqdm=self.show_progress and self.rank == 0) if reqs else []
+            seed=int(seed), stop_token_ids=self.stops, skip_special_tokens=True)
+            for seed in seeds]
+        reqs = [{"prompt_token_ids": list(p)} for p in prompts]
+        outs = self.llm.generate(reqs, params, use_tqdm=self.show_progress) if reqs else []
         stops = set(self.stops)
-        local = []
+        results = []
         for o in outs:
             gens = []
             for c in o.outputs:
                 ids = list(c.token_ids)
                 finished = c.finish_reason == "stop" or (bool(ids) and ids[-1] in stops)
                 if finished and (not ids or ids[-1] not in stops):
-                    # vLLM drops the matched stop token from token_ids; training needs the EOS
-                    ids.append(self.stops[0] if getattr(c, "stop_reason", None) is None else int(c.stop_reason))
+                    # a stop token missing from token_ids (stop strings, older vLLM): training needs the EOS
+                    ids.append(self.stops[0] if getattr(c, "stop_reason", None) is None
+                               or not isinstance(c.stop_reason, int) else int(c.stop_reason))
                 gens.append(Generation(ids, c.text, finished))
-            local.append(gens)
-        if self.world == 1:
-            return local
-        # only one rank per data-parallel group contributes (the group's ranks hold the same outputs)
-        lead = self.rank % self.tp == 0
-        return _gather_sharded(local if lead else [], mine if lead else [], n, self.world)
+            results.append(gens)
+        return results
 
     def close(self) -> None:
-        """Free the engine's GPU memory before training reuses the devices."""
+        """Free the engine (in a generation worker the process exit frees everything anyway)."""
         self.llm = None
         gc.collect()
-        try:
-            from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
-            cleanup_dist_env_and_memory()
-        except Exception:
-            pass
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+_RESERVED_VLLM_KWARGS = ("model", "tokenizer", "tensor_parallel_size", "distributed_executor_backend", "seed")
+
+
+def vllm_llm_kwargs(model_path: str, *, tokenizer_path: Optional[str] = None, tensor_parallel_size: int = 1,
+                    dtype: str = "auto", seed: int = 0, gpu_memory_utilization: float = 0.85,
+                    max_model_len: Optional[int] = None, enforce_eager: bool = False,
+                    trust_remote_code: bool = False, extra: Optional[dict] = None) -> dict:
+    """The ``vllm.LLM(...)`` arguments of a generation worker (checked: ``extra`` may not override
+    what the pipeline decides)."""
+    extra = dict(extra or {})
+    bad = [k for k in _RESERVED_VLLM_KWARGS if k in extra]
+    if bad:
+        raise ValueError(f"config key 'rollout.vllm_kwargs' may not set {bad}: the pipeline sets them "
+                         f"(model folders from model.*, rollout.tensor_parallel_size; generation runs in "
+                         f"worker processes of their own, never with external_launcher)")
+    kwargs = dict(model=model_path, tokenizer=tokenizer_path or model_path, tensor_parallel_size=tensor_parallel_size,
+                  dtype=dtype, seed=seed, gpu_memory_utilization=gpu_memory_utilization,
+                  enforce_eager=enforce_eager, trust_remote_code=trust_remote_code)
+    if max_model_len is not None:
+        kwargs["max_model_len"] = max_model_len
+    kwargs.update(extra)
+    return kwargs
 
 
 def make_engine(kind: str, *, model=None, model_path: Optional[str] = None, tokenizer=None,
                 tokenizer_path: Optional[str] = None, batch_size: int = 16, rollout_cfg=None,
                 dtype: str = "auto", seed: int = 0, trust_remote_code: bool = False,
-                max_model_len: Optional[int] = None, show_progress: bool = True) -> RolloutEngine:
-    """An engine of ``kind`` ("hf": needs ``model``; "vllm": needs ``model_path``)."""
+                max_model_len: Optional[int] = None, show_progress: bool = True,
+                work_dir=None, logger=None, use_gpus: bool = False,
+                stop_ids: Optional[Sequence[int]] = None) -> RolloutEngine:
+    """An engine of ``kind``: "hf" runs ``model`` in this process; "vllm" runs ``model_path`` in
+    generation worker processes (``paced_train.generation_worker``) that communicate through
+    ``work_dir``."""
     if kind == "hf":
         if model is None:
             raise ValueError("the hf rollout engine needs a loaded model")
@@ -277,13 +264,18 @@ def make_engine(kind: str, *, model=None, model_path: Optional[str] = None, toke
     if kind == "vllm":
         if model_path is None:
             raise ValueError("the vllm rollout engine needs a model folder")
+        if work_dir is None:
+            raise ValueError("the vllm rollout engine needs a work_dir for its generation workers")
+        from .generation_worker import WorkerEngine
         r = rollout_cfg
-        return VLLMEngine(model_path, tokenizer, tokenizer_path=tokenizer_path,
-                          tensor_parallel_size=r.tensor_parallel_size if r else 1, dtype=dtype, seed=seed,
-                          gpu_memory_utilization=r.gpu_memory_utilization if r else 0.85,
-                          max_model_len=(r.max_model_len if r and r.max_model_len else max_model_len),
-                          enforce_eager=r.enforce_eager if r else False, trust_remote_code=trust_remote_code,
-                          extra=r.vllm_kwargs if r else None, show_progress=show_progress)
+        tp = r.tensor_parallel_size if r else 1
+        kwargs = vllm_llm_kwargs(model_path, tokenizer_path=tokenizer_path, tensor_parallel_size=tp, dtype=dtype,
+                                 seed=seed, gpu_memory_utilization=r.gpu_memory_utilization if r else 0.85,
+                                 max_model_len=(r.max_model_len if r and r.max_model_len else max_model_len),
+                                 enforce_eager=r.enforce_eager if r else False,
+                                 trust_remote_code=trust_remote_code, extra=r.vllm_kwargs if r else None)
+        return WorkerEngine(kwargs, stop_ids or stop_token_ids(tokenizer), work_dir, tensor_parallel_size=tp,
+                            use_gpus=use_gpus, logger=logger)
     raise ValueError(f"unknown rollout engine {kind!r} (hf, vllm)")
 
 

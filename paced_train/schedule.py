@@ -14,6 +14,13 @@ stopped (the distillation stage resumes mid-stage from its own DCP checkpoints):
     eval/<checkpoint>.json     mean@k and multiple-choice results per checkpoint
     plots/                     curriculum.png, loss.png
 
+Generation and training share the devices phase by phase: with ``engine=vllm`` every generation
+phase runs in worker processes of its own (``paced_train.generation_worker``) while the trainer
+ranks hold no model (freed, ``torch.cuda.empty_cache()``) and keep their process group; the models
+are reloaded from disk (the latest export) when training or the multiple-choice eval needs them.
+Every "skip this stage, its outputs exist" decision is made on rank 0 and broadcast. Settings that
+can be checked without running anything are checked before the first stage (``preflight``).
+
 Schedules: ``stages: [fkl, rkl]`` trains stage after stage; pass rates are recomputed with the
 updated student before each stage (``schedule.recompute_between_stages``) and, with
 ``distill.recompute_every = R``, every R steps inside a stage (the stage is split into segments
@@ -22,7 +29,10 @@ of R steps; each segment has fresh weights and a fresh optimizer, and its warm-u
 from __future__ import annotations
 
 import dataclasses
+import gc
+import importlib.util
 import json
+import os
 import random
 from pathlib import Path
 from typing import Callable, Optional
@@ -32,12 +42,12 @@ import torch
 
 from .config import RunConfig, config_to_dict
 from .data import PromptBuilder, load_mc, load_problems
-from .logging_utils import RunLogger, get_rank, is_main_process
-from .rollout import SamplingSpec, _mix_seed, make_engine
+from .logging_utils import RunLogger, get_rank, get_world_size, is_main_process
+from .rollout import SamplingSpec, _mix_seed, make_engine, stop_token_ids, vllm_llm_kwargs
 from .parallel import barrier, decided_by_rank0
 from .pass_rates import bin_stats, load_pass_rates, run_pass_rate_stage
 
-__all__ = ["Pipeline", "seed_everything", "resolve_model_path", "build_distill_examples"]
+__all__ = ["Pipeline", "seed_everything", "resolve_model_path", "build_distill_examples", "count_truncated"]
 
 
 def seed_everything(seed: int) -> None:
@@ -55,26 +65,33 @@ def resolve_model_path(spec: str) -> str:
 
 
 def build_distill_examples(loss: str, ids, weights, *, references=None, rollouts=None,
-                           student_prompts: dict, teacher_prompts: Optional[dict] = None):
+                           student_prompts: dict, teacher_prompts: Optional[dict] = None,
+                           truncated: str = "keep"):
     """DistillExamples for a stage.
 
     fkl / akl: one example per problem along the teacher's reference response (problems without a
     reference, e.g. dropped for length, are left out). rkl: one example per student rollout, the
     problem's weight split evenly over its rollouts; the teacher sees ``teacher_prompts[id]``.
+    ``truncated="drop"`` leaves out responses that hit the length limit (no EOS) as training
+    targets; an rkl problem's weight is then split over its remaining rollouts.
     """
     from .distill import DistillExample
+    if truncated not in ("drop", "keep"):
+        raise ValueError(f"distill.truncated must be 'drop' or 'keep', got {truncated!r}")
+    drop = truncated == "drop"
     w = {pid: float(x) for pid, x in zip(ids, weights)}
     out = []
     if loss in ("fkl", "akl"):
         for r in references:
-            if r.id in w:
+            if r.id in w and not (drop and not r.finished):
                 out.append(DistillExample(r.id, w[r.id], list(r.student_prompt_ids), list(r.teacher_prompt_ids),
                                           list(r.response_ids)))
     elif loss == "rkl":
         tp = teacher_prompts or student_prompts
         for pid, roll in zip(ids, rollouts):
-            n = max(roll.n, 1)
-            for g in roll.generations:
+            gens = [g for g in roll.generations if not (drop and not g.finished)]
+            n = max(len(gens) if drop else roll.n, 1)
+            for g in gens:
                 if not g.token_ids:
                     continue
                 out.append(DistillExample(pid, w[pid] / n, list(student_prompts[pid]), list(tp[pid]),
@@ -82,6 +99,18 @@ def build_distill_examples(loss: str, ids, weights, *, references=None, rollouts
     else:  # pragma: no cover - validated by the config
         raise ValueError(f"unknown loss {loss!r}")
     return out
+
+
+def count_truncated(loss: str, ids, *, references=None, rollouts=None) -> dict:
+    """How many of a stage's training responses hit the length limit (no EOS)."""
+    if loss in ("fkl", "akl"):
+        keep = set(ids)
+        refs = [r for r in references if r.id in keep]
+        return {"responses": len(refs), "truncated": sum(not r.finished for r in refs),
+                "problems_without_response": sum(not r.finished for r in refs)}
+    gens = [[g.finished for g in roll.generations] for roll in rollouts]
+    return {"responses": sum(len(g) for g in gens), "truncated": sum(g.count(False) for g in gens),
+            "problems_without_response": sum(1 for g in gens if g and not any(g))}
 
 
 class Pipeline:
@@ -98,6 +127,9 @@ class Pipeline:
         self.student_path = resolve_model_path(cfg.model.student)
         self.teacher_path = resolve_model_path(cfg.model.teacher)
         self.tokenizer = None
+        self.tokenizer_source = resolve_model_path(cfg.model.tokenizer) if cfg.model.tokenizer else self.student_path
+        self.generation_phase = 0
+        self.truncated: dict[str, dict] = {}
         self.pr_index = 0
         self.curriculum: list[tuple[str, dict]] = []
         self.stage_losses: dict[str, list[float]] = {}
@@ -156,9 +188,18 @@ class Pipeline:
             self._teacher = self._load_model(self.teacher_path, trainable=False)
         return self._teacher
 
+    def free_models(self) -> None:
+        """Drop the in-memory student and teacher and return their GPU memory (before a generation
+        phase takes the devices; they are reloaded from disk when needed)."""
+        self._student = None
+        self._teacher = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
     def _load_tokenizer(self):
         from transformers import AutoTokenizer
-        path = resolve_model_path(self.cfg.model.tokenizer) if self.cfg.model.tokenizer else self.student_path
+        path = self.tokenizer_source
         try:
             tok = AutoTokenizer.from_pretrained(path, trust_remote_code=self.cfg.model.trust_remote_code)
         except OSError as e:
@@ -227,7 +268,7 @@ class Pipeline:
 
     # ------------------------------------------------------------------ engines
     def _engine_factory(self, kind: Optional[str] = None, batch_size: Optional[int] = None,
-                        teacher: bool = False) -> Callable:
+                        teacher: bool = False, phase: str = "generation") -> Callable:
         kind = kind or self.cfg.rollout.engine
         bs = batch_size or self.cfg.rollout.batch_size
 
@@ -235,17 +276,31 @@ class Pipeline:
             if kind == "hf":
                 return make_engine("hf", model=self.teacher if teacher else self.student, tokenizer=self.tokenizer,
                                    batch_size=bs, show_progress=self.log.progress_bars)
-            if not teacher and self._student is not None and self.device.type == "cuda":
-                self._student.to("cpu")  # give vLLM the GPU memory (moved back by _ensure_on_device)
-            return make_engine("vllm", model_path=self.teacher_path if teacher else self.student_path,
-                               tokenizer=self.tokenizer, tokenizer_path=self.cfg.model.tokenizer and
-                               resolve_model_path(self.cfg.model.tokenizer), rollout_cfg=self.cfg.rollout,
+            # vLLM in worker processes of their own: they own the GPUs until the phase ends
+            self.free_models()
+            self.generation_phase += 1
+            path = self.teacher_path if teacher else self.student_path
+            return make_engine("vllm", model_path=path, tokenizer=self.tokenizer, stop_ids=self._stop_ids(path),
+                               tokenizer_path=self.cfg.model.tokenizer and resolve_model_path(self.cfg.model.tokenizer),
+                               rollout_cfg=self.cfg.rollout,
                                dtype="bfloat16" if self.device.type == "cuda" else "float32",
                                seed=self.cfg.rollout.seed if self.cfg.rollout.seed is not None else self.cfg.seed,
                                trust_remote_code=self.cfg.model.trust_remote_code,
                                max_model_len=self.cfg.data.max_teacher_prompt_tokens + self.cfg.data.max_response_tokens,
-                               show_progress=self.log.progress_bars)
+                               show_progress=self.log.progress_bars,
+                               work_dir=self.run_dir / "generation" / f"{self.generation_phase:02d}_{phase}",
+                               logger=self.log, use_gpus=self.device.type == "cuda")
         return factory
+
+    def _stop_ids(self, model_path: str) -> list[int]:
+        """The tokenizer's EOS plus the model folder's generation-config EOS ids (Qwen has several)."""
+        from types import SimpleNamespace
+        try:
+            from transformers import GenerationConfig
+            gen = GenerationConfig.from_pretrained(model_path)
+        except Exception:  # no generation_config.json: the tokenizer's EOS alone
+            gen = None
+        return stop_token_ids(self.tokenizer, SimpleNamespace(generation_config=gen))
 
     def _rollout_spec(self, label_index: int) -> SamplingSpec:
         r = self.cfg.rollout
@@ -263,7 +318,8 @@ class Pipeline:
         ids = [p.id for p in self.problems]
         res = run_pass_rate_stage(
             out, ids, [self.prompts[i] for i in ids], [p.answer for p in self.problems],
-            self._engine_factory(), self._rollout_spec(idx), self.cfg.rollout.k1, self.verify, self.log,
+            self._engine_factory(phase=f"pass_rates_{label}"), self._rollout_spec(idx), self.cfg.rollout.k1,
+            self.verify, self.log,
             label=f"pass rates {label}", bins=self.cfg.pass_rate.bins, formats=self.cfg.pass_rate.formats,
             weight_fn=lambda p, k: compute_weights(p, weight_cfg, k), plot=self.cfg.pass_rate.plot, step=step)
         self.curriculum.append((label, res.summary))
@@ -278,7 +334,7 @@ class Pipeline:
                                 seed=_mix_seed(rc.seed if rc.seed is not None else self.cfg.seed, 2) % (2 ** 31))
             self._refs = run_reference_stage(
                 self.run_dir / "reference", self.problems, self.builder,
-                self._engine_factory(batch_size=rc.batch_size, teacher=True), spec,
+                self._engine_factory(batch_size=rc.batch_size, teacher=True, phase="reference"), spec,
                 self.cfg.data.max_teacher_prompt_tokens, self.verify, self.log, rc.keep_only_correct)
         return self._refs
 
@@ -294,15 +350,13 @@ class Pipeline:
         if decided_by_rank0(out.exists, "eval"):
             return run_eval(out, label, engine_factory=None, eval_sets={}, verify=None, spec=spec, model=None,
                             tokenizer=None, builder=None, mc_questions=None, cfg=e, logger=self.log)
-        self._ensure_on_device()
-        return run_eval(out, label, engine_factory=self._engine_factory(kind=e.engine, batch_size=e.batch_size),
+        # the MC eval asks for the student after generation: reloaded onto self.device if the
+        # generation workers had the devices
+        return run_eval(out, label, engine_factory=self._engine_factory(kind=e.engine, batch_size=e.batch_size,
+                                                                        phase=f"eval_{label}"),
                         eval_sets=self.eval_sets, verify=self.verify, spec=spec,
-                        model=self.student if self.mc else None, tokenizer=self.tokenizer, builder=self.builder,
-                        mc_questions=self.mc, cfg=e, logger=self.log, step=step)
-
-    def _ensure_on_device(self) -> None:
-        if self._student is not None:
-            self._student.to(self.device)
+                        model=(lambda: self.student) if self.mc else None, tokenizer=self.tokenizer,
+                        builder=self.builder, mc_questions=self.mc, cfg=e, logger=self.log, step=step)
 
     def _distill_segment(self, i: int, seg: int, n_segs: int, seg_name: str, dcfg, wcfg, pr, pr_dir):
         """Weights + examples + distillation of one segment (one call of run_distill_stage)."""
@@ -332,14 +386,21 @@ class Pipeline:
             else:
                 teacher_prompts = self.prompts
         examples = build_distill_examples(loss, ids, weights, references=refs, rollouts=pr.rollouts,
-                                          student_prompts=self.prompts, teacher_prompts=teacher_prompts)
+                                          student_prompts=self.prompts, teacher_prompts=teacher_prompts,
+                                          truncated=dcfg.truncated)
+        self._record_truncated(seg_name, loss, ids, dcfg.truncated, refs, pr.rollouts)
         if seg > 0:  # later segments continue the stage: no second warm-up
             dcfg = dataclasses.replace(dcfg, warmup_steps=0,
                                        lr_schedule="constant" if dcfg.lr_schedule == "warmup_constant"
                                        else dcfg.lr_schedule)
-        self._ensure_on_device()
         res = run_distill_stage(dcfg, self.student, self.teacher, examples, stages_dir, seg_name, self.log)
+        from .checkpoint import save_tokenizer_files
         from .evaluate import model_is_sharded
+        # a complete model folder: vLLM and from_pretrained load the tokenizer from it
+        if is_main_process():
+            save_tokenizer_files(res.student_dir, self.tokenizer_source,
+                                 trust_remote_code=self.cfg.model.trust_remote_code)
+        barrier()
         # continue from the exported student (also makes a resumed run identical to a fresh one)
         self.student_path = str(res.student_dir)
         self._student = None
@@ -347,15 +408,86 @@ class Pipeline:
             self._teacher = None
         return res.to_json()
 
+    def _record_truncated(self, seg_name: str, loss: str, ids, how: str, refs, rollouts) -> None:
+        """Log and keep (summary.json, stages/<seg>/truncated.json) how many training responses hit
+        the length limit and whether they were dropped (distill.truncated)."""
+        c = count_truncated(loss, ids, references=refs, rollouts=rollouts)
+        c.update(policy=how, source="reference responses" if loss in ("fkl", "akl") else "rollouts")
+        self.truncated[seg_name] = c
+        if c["truncated"]:
+            self.log.info(f"{seg_name}: {c['truncated']} of {c['responses']} {c['source']} hit the length limit "
+                          f"(no EOS): {'dropped as training targets' if how == 'drop' else 'kept (distill.truncated=keep)'}"
+                          + (f"; {c['problems_without_response']} problems have no response left"
+                             if how == "drop" and c["problems_without_response"] else ""))
+        self.log.log({f"truncated_{k}": v for k, v in c.items() if isinstance(v, int)}, step=0, stage=seg_name)
+        if is_main_process():
+            d = self.run_dir / "stages" / seg_name
+            d.mkdir(parents=True, exist_ok=True)
+            (d / "truncated.json").write_text(json.dumps(c, indent=1))
+
     def _segment_done(self, seg_name: str) -> Optional[dict]:
         f = self.run_dir / "stages" / seg_name / "distill_result.json"
         return decided_by_rank0(lambda: json.loads(f.read_text()) if f.exists() else None, "segment_done")
 
     # ------------------------------------------------------------------ the run
+    def preflight(self) -> None:
+        """Check what can be checked before any expensive stage: batch sizes against the number of
+        ranks, tensor-parallel size against ranks and GPUs, vLLM installed, model folders and data
+        files present. Raises ValueError naming the config key."""
+        cfg, world = self.cfg, get_world_size()
+        for i, name in enumerate(cfg.stage_names()):
+            d = cfg.stage_distill_config(i)
+            G, M = d.global_batch_problems, d.micro_batch_problems
+            packed = getattr(d, "max_tokens_per_micro_batch", None) is not None
+            unit = world if packed else M * world
+            if G % unit:
+                how = f"the number of ranks ({world})" if packed else \
+                    f"micro_batch_problems * number of ranks = {M} * {world} = {unit}"
+                raise ValueError(f"config key 'distill.global_batch_problems' (stage {name}): {G} must be a "
+                                 f"multiple of {how}, so every rank runs the same number of micro-batches")
+            if d.recompute_every is not None and d.max_steps is None:
+                raise ValueError(f"config key 'distill.recompute_every' (stage {name}) needs distill.max_steps "
+                                 f"(the stage is split into segments of R steps)")
+        engines = {cfg.rollout.engine}
+        if cfg.eval.enabled:
+            engines.add(cfg.eval.engine or cfg.rollout.engine)
+        if "vllm" in engines:
+            if importlib.util.find_spec("vllm") is None:
+                raise ValueError("rollout.engine=vllm / eval.engine=vllm needs vLLM: pip install 'paced[vllm]' "
+                                 "(GPU only); use rollout.engine=hf and eval.engine=hf on CPU")
+            tp = cfg.rollout.tensor_parallel_size
+            local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+            if world > 1 and (world % tp or local % tp):
+                raise ValueError(f"config key 'rollout.tensor_parallel_size': {tp} must divide the number of "
+                                 f"ranks ({world}) and the ranks per node ({local}): each group of {tp} ranks "
+                                 f"on one node runs one generation worker on its GPUs")
+            if self.device.type == "cuda" and tp > torch.cuda.device_count():
+                raise ValueError(f"config key 'rollout.tensor_parallel_size': {tp} GPUs per generation worker, "
+                                 f"but only {torch.cuda.device_count()} are visible")
+            vllm_llm_kwargs("check", extra=cfg.rollout.vllm_kwargs)  # reserved keys -> ValueError
+        for key, path in (("model.student", self.student_path), ("model.teacher", self.teacher_path),
+                          ("model.tokenizer", self.tokenizer_source)):
+            _check_local_folder(key, path, need="config.json" if key != "model.tokenizer" else None)
+        d = cfg.data
+        for key, path in [("data.train", d.train), ("data.mc", d.mc)] + [(f"data.eval.{k}", v)
+                                                                          for k, v in d.eval.items()]:
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"config key '{key}': file not found: {path}")
+
+    def _check_problem_count(self) -> None:
+        for i, name in enumerate(self.cfg.stage_names()):
+            G = self.cfg.stage_distill_config(i).global_batch_problems
+            if len(self.problems) < G:
+                raise ValueError(f"config key 'distill.global_batch_problems' (stage {name}): {G} problems per "
+                                 f"step, but the training set has only {len(self.problems)} (after length "
+                                 f"filtering); lower it or add problems")
+
     def run(self) -> dict:
         cfg = self.cfg
         seed_everything(cfg.seed)
+        self.preflight()
         self.setup_data()
+        self._check_problem_count()
         results = []
         base = self.evaluate("base")
         if base is not None:
@@ -366,10 +498,7 @@ class Pipeline:
         for i, name in enumerate(names):
             dcfg, wcfg = cfg.stage_distill_config(i), cfg.stage_weight_config(i)
             R = dcfg.recompute_every
-            if R is not None:
-                if dcfg.max_steps is None:
-                    raise ValueError(f"config key 'distill.recompute_every' (stage {name}) needs distill.max_steps "
-                                     f"(the stage is split into segments of R steps)")
+            if R is not None:  # with max_steps (preflight)
                 seg_steps = [min(R, dcfg.max_steps - s) for s in range(0, dcfg.max_steps, R)]
             else:
                 seg_steps = [dcfg.max_steps]
@@ -395,6 +524,9 @@ class Pipeline:
                     if done.get("student_dir"):
                         self.student_path = done["student_dir"]
                         self._student = None
+                    tfile = self.run_dir / "stages" / seg_name / "truncated.json"
+                    if tfile.exists():
+                        self.truncated[seg_name] = json.loads(tfile.read_text())
                 else:
                     if need_pr:
                         pr, pr_dir = self.pass_rates(label, wcfg, step=step)
@@ -434,8 +566,20 @@ class Pipeline:
         summary = {"run_dir": str(self.run_dir), "results": table,
                    "curriculum": [{"label": l, **{k: s[k] for k in ("low", "med", "high", "mean", "n_zero", "n_one")}}
                                   for l, s in self.curriculum],
-                   "losses": losses, "final_student": self.student_path}
+                   "losses": losses, "final_student": self.student_path, "truncated": self.truncated}
         if is_main_process():
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         barrier()
         return summary
+
+
+def _check_local_folder(key: str, path: str, need: Optional[str]) -> None:
+    """A path that names a local folder must exist (and hold ``need``); hub ids are left to loading."""
+    p = Path(path)
+    local = p.is_absolute() or path.startswith(".") or p.exists() or path.count("/") >= 2
+    if not local:
+        return
+    if not p.is_dir():
+        raise ValueError(f"config key '{key}': model folder not found: {path}")
+    if need and not (p / need).is_file():
+        raise ValueError(f"config key '{key}': {path} has no {need} (not a Hugging Face model folder)")

@@ -25,7 +25,9 @@ def short_cfg(world, out, *extra):
         f"data.mc={world['mc']}", "data.max_response_tokens=8", "rollout.k=4", "rollout.batch_size=64",
         "eval.k=2", "eval.batch_size=64", "distill.global_batch_problems=4", "distill.micro_batch_problems=2",
         "distill.max_steps=2", "logging.progress=false", "logging.tensorboard=false", f"output_dir={out}",
-        "num_threads=1", "stages=[fkl]", *extra])
+        "num_threads=1", "stages=[fkl]",
+        "distill.truncated=keep",  # 8 response tokens: most random-model responses hit the limit
+        *extra])
 
 
 class CountingVerify:

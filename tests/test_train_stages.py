@@ -12,7 +12,8 @@ from paced_train.config import DataConfig, EvalConfig, WeightConfig
 from paced_train.data import MCQuestion, Problem, PromptBuilder
 from paced_train.evaluate import mc_accuracy, mc_choice_logprobs, mean_at_k, results_table
 from paced_train.logging_utils import RunLogger
-from paced_train.rollout import Generation, HFEngine, SamplingSpec, VLLMEngine, sample_rollouts
+from paced_train.rollout import (Generation, HFEngine, SamplingSpec, VLLMEngine, sample_rollouts, stop_token_ids,
+                                  vllm_llm_kwargs)
 from paced_train.pass_rates import bin_stats, load_pass_rates, run_pass_rate_stage
 
 torch.set_num_threads(1)
@@ -134,7 +135,8 @@ def test_vllm_engine_against_a_fake_vllm(monkeypatch, tok):
             return outs
 
     monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=LLM, SamplingParams=SamplingParams))
-    eng = VLLMEngine("/models/x", tok, tensor_parallel_size=2, dtype="bfloat16", seed=1, max_model_len=64)
+    kwargs = vllm_llm_kwargs("/models/x", tensor_parallel_size=2, dtype="bfloat16", seed=1, max_model_len=64)
+    eng = VLLMEngine(kwargs, stop_token_ids(tok))
     res = eng.generate([[1, 2], [3]], SamplingSpec(n=2, temperature=0.7, top_p=0.9, max_new_tokens=16, seed=4))
     assert seen["llm"]["tensor_parallel_size"] == 2 and seen["llm"]["model"] == "/models/x"
     assert "distributed_executor_backend" not in seen["llm"]  # single process: vLLM's own workers
@@ -150,7 +152,7 @@ def test_vllm_engine_against_a_fake_vllm(monkeypatch, tok):
 def test_vllm_missing_gives_a_clear_error(monkeypatch, tok):
     monkeypatch.setitem(sys.modules, "vllm", None)
     with pytest.raises(ValueError, match="rollout.engine=hf"):
-        VLLMEngine("/models/x", tok)
+        VLLMEngine(vllm_llm_kwargs("/models/x"), stop_token_ids(tok))
 
 
 # ----------------------------------------------------------------------------- pass rates
