@@ -24,7 +24,7 @@ import yaml
 __all__ = [
     "ModelConfig", "ToyDataConfig", "DataConfig", "RolloutConfig", "PassRateConfig", "WeightConfig",
     "ReferenceConfig", "DistillConfig", "StageConfig", "ScheduleConfig", "EvalConfig",
-    "LoggingConfig", "RunConfig", "load_config", "config_from_dict", "config_to_dict",
+    "LoggingConfig", "ExpertConfig", "validate_expert_config", "RunConfig", "load_config", "config_from_dict", "config_to_dict",
     "apply_overrides", "parse_overrides", "default_config_path", "save_config", "config_hash",
 ]
 
@@ -182,8 +182,49 @@ class EvalConfig:
     mc_prompt_template: str = "{question}"
     mc_choice_template: str = "{choice}"
     mc_append_eos: bool = False
+    # chat template of the multiple-choice prompts (None: data.use_chat_template / data.chat_template_kwargs),
+    # e.g. {enable_thinking: false} so letter scoring does not inherit a thinking-mode template
+    mc_use_chat_template: Optional[bool] = None
+    mc_chat_template_kwargs: Optional[dict[str, Any]] = None
     mc_batch_size: int = 16
     after_each_stage: bool = True
+
+
+@dataclass
+class ExpertConfig:
+    """Expert solutions from an OpenAI-compatible API before the run (paced_train/expert.py): the
+    pipeline asks for a solution to every data.train problem and trains on the verified ones."""
+    base_url: Optional[str] = None      # e.g. http://localhost:8000/v1 (vLLM / SGLang) or a hosted API
+    model: Optional[str] = None
+    api_key_env: str = "OPENAI_API_KEY"  # environment variable holding the key (never logged)
+    concurrency: int = 16               # requests in flight
+    timeout: float = 600.0              # seconds per request
+    max_retries: int = 6                # per request: 429 (Retry-After), 5xx, timeouts, malformed bodies
+    max_tokens: int = 8192
+    temperature: float = 0.0
+    template: Optional[str] = None      # user-message template file with {problem}; default: boxed answer
+    system_prompt: Optional[str] = None
+    keep_unverified: bool = False       # keep solutions whose answer does not match the gold
+    strip_thinking: bool = True         # drop a leading <think>...</think> block from the solution
+    output: Optional[str] = None        # solutions file (+ journal beside it); default <run dir>/expert/
+
+
+def validate_expert_config(e: "ExpertConfig", prefix: str = "expert.") -> None:
+    """Checks of an ExpertConfig; ``prefix`` names the keys ("expert." in a config, "--" on the CLI)."""
+    def need(cond: bool, key: str, msg: str) -> None:
+        if not cond:
+            name = prefix + (key.replace("_", "-") if prefix == "--" else key)
+            raise ValueError(f"{'option' if prefix == '--' else 'config key'} '{name}': {msg}")
+    need(bool(e.base_url and e.base_url.strip()), "base_url", "needs the API's URL, e.g. http://localhost:8000/v1")
+    need(bool(e.base_url) and e.base_url.startswith(("http://", "https://")), "base_url",
+         f"must start with http:// or https://, got {e.base_url!r}")
+    need(bool(e.model and e.model.strip()), "model", "needs the expert model's name")
+    need(e.concurrency >= 1, "concurrency", f"must be >= 1, got {e.concurrency}")
+    need(e.timeout > 0 and math.isfinite(e.timeout), "timeout", f"must be > 0 seconds, got {e.timeout}")
+    need(e.max_retries >= 0, "max_retries", f"must be >= 0, got {e.max_retries}")
+    need(e.max_tokens >= 1, "max_tokens", f"must be >= 1, got {e.max_tokens}")
+    need(e.temperature >= 0, "temperature", f"must be >= 0, got {e.temperature}")
+    need(bool(e.api_key_env), "api_key_env", "needs the name of an environment variable")
 
 
 @dataclass
@@ -216,6 +257,7 @@ class RunConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    expert: Optional[ExpertConfig] = None  # set: expert solutions for data.train from an API first
     config_path: Optional[str] = None   # filled by load_config; informational
 
     # ----------------------------------------------------------------- derived settings
@@ -300,6 +342,8 @@ class RunConfig:
                 raise ValueError(f"config key '{key}': bad template ({type(ex).__name__}: {ex}); "
                                  f"allowed fields: {', '.join(fields)}") from None
         need(self.num_threads is None or self.num_threads >= 1, "num_threads", "must be >= 1 or null")
+        if self.expert is not None:
+            validate_expert_config(self.expert)
         if self.logging.wandb:
             pass  # wandb is imported only when the run starts, with a clear error if missing
         return self

@@ -50,11 +50,19 @@ def mean_at_k(engine, prompts: Sequence[Sequence[int]], golds: Sequence[str], ve
 
 def _mc_items(questions: Sequence[MCQuestion], builder, tokenizer, cfg) -> list[tuple[int, list[int], list[int]]]:
     """(question index, prompt ids, continuation ids) for every (question, choice) pair."""
+    from .data import build_prompt_ids
     eos = tokenizer.eos_token_id
+    d = builder.cfg  # the data section; eval.mc_use_chat_template / mc_chat_template_kwargs override it
+    use_chat = getattr(cfg, "mc_use_chat_template", None)
+    kwargs = getattr(cfg, "mc_chat_template_kwargs", None)
+    chat = dict(use_chat_template=d.use_chat_template if use_chat is None else use_chat,
+                system_prompt=d.system_prompt,
+                chat_template_kwargs=d.chat_template_kwargs if kwargs is None else kwargs)
     items = []
     for qi, q in enumerate(questions):
         listing = "\n".join(f"{choice_letter(j)}. {c}" for j, c in enumerate(q.choices))
-        prompt = builder.text(cfg.mc_prompt_template.format(question=q.question, choices=listing))
+        prompt = build_prompt_ids(tokenizer, cfg.mc_prompt_template.format(question=q.question, choices=listing),
+                                  **chat)
         for j, c in enumerate(q.choices):
             cont = tokenizer(cfg.mc_choice_template.format(choice=c, letter=choice_letter(j)),
                              add_special_tokens=False)["input_ids"]

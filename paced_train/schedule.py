@@ -8,6 +8,7 @@ stopped (the distillation stage resumes mid-stage from its own DCP checkpoints):
   run_dir/
     config.yaml, metrics.jsonl, tensorboard/, results.json, results.txt, summary.json
     data/                      toy data set (when data.toy is set) and data summary
+    expert/                    expert solutions from an API (when the expert: section is set)
     reference/                 teacher reference responses (FKL / AKL stages; computed once)
     pass_rates/NN_<label>/     rollouts, pass rates, weights, histogram (one per computation)
     stages/<stage>/            weights/, checkpoints/, student/ (export), distill_result.json
@@ -227,6 +228,9 @@ class Pipeline:
             if not evals:
                 evals = {"toy_eval": str(files["eval"])}
             mc = mc or str(files["mc"])
+        if cfg.expert is not None:  # expert solutions from an API first; train on the verified ones
+            from .expert import run_expert_stage
+            train = str(run_expert_stage(cfg.expert, train, self.run_dir / "expert", self.log))
         self.tokenizer = self._load_tokenizer()
         self.builder = PromptBuilder(self.tokenizer, d, cfg.reference.teacher_prompt_template,
                                      cfg.reference.on_missing_solution)
