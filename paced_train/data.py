@@ -213,7 +213,8 @@ class PromptBuilder:
         if p.solution is None and "{solution}" in self.teacher_template:
             if self.on_missing_solution == "error":
                 raise ValueError(f"problem {p.id!r} has no 'solution' field but the teacher prompt template "
-                                 f"uses {{solution}}; add expert solutions or set "
+                                 f"uses {{solution}}; add expert solutions (python -m paced_train.expert, or an "
+                                 f"expert: config section) or set "
                                  f"reference.on_missing_solution=problem_only")
             return p.problem
         return self.teacher_template.format(problem=p.problem, solution=p.solution or "")

@@ -21,7 +21,9 @@ through the ``openai`` client (its own retries off: ours cover malformed bodies 
 * Verification: each solution's final answer is checked against the gold with our scorer
   (``paced_kernels.scoring``). Verified solutions go to OUT (``load_problems(..., require_solution=True)``
   loads it); wrong, truncated (``finish_reason=length``) and refused ones go to
-  ``<out>.rejected.jsonl`` with the expert's answer; ``--keep-unverified`` keeps them in OUT as well.
+  ``<out>.rejected.jsonl`` with the expert's answer; ``--keep-unverified`` keeps the wrong and
+  truncated ones in OUT instead (``"verified": false``). A problem's own ``solution`` field, if any,
+  is replaced.
 * ``<out>.summary.json`` (written last) has the counts and the token usage totals. The API key is read
   from the environment variable named by ``--api-key-env`` and never printed.
 
@@ -268,6 +270,7 @@ def run_expert(cfg, input_path, output_path, *, limit: Optional[int] = None, inf
                 "completion_tokens": reply.completion_tokens, "tries": reply.tries}
 
     failed: dict[str, dict] = {}
+    tokens = 0
     bar = progress_bar(total=len(todo), desc="expert solutions", unit="problem", enabled=progress and bool(todo))
     abort: Optional[BaseException] = None
     pool = ThreadPoolExecutor(max_workers=cfg.concurrency, thread_name_prefix="expert")
@@ -287,8 +290,9 @@ def run_expert(cfg, input_path, output_path, *, limit: Optional[int] = None, inf
                 else:
                     journal.add(entry)  # durable before it counts
                 bar.update(1)
+                tokens += entry.get("prompt_tokens", 0) + entry.get("completion_tokens", 0)
                 bar.set_postfix(verified=sum(e["status"] == "verified" for e in journal.entries.values()),
-                                failed=len(failed))
+                                failed=len(failed), tokens=tokens)
     except BaseException:
         stop.set()
         raise
@@ -320,10 +324,11 @@ def _write_outputs(cfg, problems, entries: dict, failed: dict, output_path: Path
         if e["status"] == "verified":
             kept.append({**rec, "solution": e["solution"]})
             continue
-        rejected.append({**rec, "status": e["status"], "expert_answer": e.get("expert_answer"),
-                         "solution": e.get("solution"), "error": e.get("error")})
         if cfg.keep_unverified and e.get("solution"):
             kept.append({**rec, "solution": e["solution"], "verified": False})
+        else:
+            rejected.append({**rec, "status": e["status"], "expert_answer": e.get("expert_answer"),
+                             "solution": e.get("solution"), "error": e.get("error")})
     if not kept:
         raise ValueError(f"expert: no solution to write ({counts['verified']} verified of {len(problems)}; "
                          f"rejected ones are in {side['rejected']})" if entries else

@@ -222,6 +222,9 @@ def _offline() -> bool:
 def iter_input(source: str, split: str, subset: Optional[str] = None) -> Iterator[tuple[str, dict]]:
     """(location, record) from a local JSONL/Parquet file or a Hugging Face dataset name."""
     path = Path(source)
+    if path.is_dir():
+        raise ValueError(f"--input {source!r} is a directory: pass one JSONL/Parquet file of it (e.g. "
+                         f"the split's data/train-00000-of-00001.parquet)")
     if path.exists() or path.suffix.lower() in (".jsonl", ".json", ".ndjson", ".parquet", ".pq"):
         yield from read_records(path)  # a missing local file: "data file not found: ..."
         return

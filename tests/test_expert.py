@@ -158,6 +158,7 @@ def test_keep_unverified_and_settings_guard(tmp_path):
                           info=lambda m: None)
         rows = read_jsonl(out)
         assert [r["id"] for r in rows] == ["p0", "p1", "p2"] and rows[1]["verified"] is False
+        assert read_jsonl(expert.side_paths(out)["rejected"]) == []  # kept instead of set aside
         with pytest.raises(ValueError, match="written with other settings"):
             expert.run_expert(cfg_for(api, model="another"), tmp_path / "p.jsonl", out, progress=False,
                               info=lambda m: None)
@@ -241,3 +242,16 @@ def test_pipeline_stage_from_config(tmp_path):
             assert sum(len(v) for v in api.requests.values()) == n  # all in the journal: nothing asked again
     with pytest.raises(ValueError, match="config key 'expert.model'"):
         config_from_dict({"data": {"train": "x.jsonl"}, "expert": {"base_url": "http://h/v1"}})
+
+
+def test_retry_after_header_forms():
+    import email.utils
+    import types
+
+    def exc(headers):
+        return types.SimpleNamespace(response=types.SimpleNamespace(headers=headers))
+    assert expert._retry_after(exc({"retry-after": "2.5"})) == 2.5
+    assert expert._retry_after(exc({"retry-after-ms": "150", "retry-after": "9"})) == 0.15
+    when = email.utils.formatdate(time.time() + 30, usegmt=True)
+    assert 25 <= expert._retry_after(exc({"retry-after": when})) <= 30
+    assert expert._retry_after(exc({"retry-after": "soon"})) is None and expert._retry_after(exc({})) is None
