@@ -40,7 +40,7 @@ __all__ = ["ShardPlan", "check_shard_plan", "load_causal_lm", "load_whole", "loa
 
 _ROOT_ATTR = "_paced_fsdp_root"  # stored in __dict__: not a registered submodule (no cycle, no new keys)
 _PLAN_ATTR = "_paced_shard_plan"
-DEFAULT_CHUNK_BYTES = 512 * 2 ** 20  # rank 0 holds at most about this much of the checkpoint at once
+DEFAULT_CHUNK_BYTES = 128 * 2 ** 20  # rank 0 holds about this much of the checkpoint at once (plus the largest tensor)
 
 
 @dataclass(frozen=True)
