@@ -25,7 +25,7 @@ class FakeAPI:
     "429" (Retry-After 0.3), "500", "503", "malformed", "truncated", "stall", "wrong", "length", "think",
     "400", "401", "always500". Problem ids are read from the prompt ("[p3] ...")."""
 
-    def __init__(self, golds, faults=None, delay=0.0, stall_s=1.5):
+    def __init__(self, golds, faults=None, delay=0.0, stall_s=2.5):
         self.golds, self.faults, self.delay, self.stall_s = golds, {k: list(v) for k, v in (faults or {}).items()}, delay, stall_s
         self.requests = defaultdict(list)  # pid -> [(time, fault)]
         self.auth = []
@@ -108,7 +108,7 @@ def write_problems(path, n):
 
 
 def cfg_for(api, **kw):
-    return ExpertConfig(**{"base_url": api.url, "model": "expert-x", "concurrency": 4, "timeout": 0.6,
+    return ExpertConfig(**{"base_url": api.url, "model": "expert-x", "concurrency": 4, "timeout": 1.2,
                            "max_retries": 3, **kw})
 
 
