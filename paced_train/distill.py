@@ -512,9 +512,12 @@ def run_distill_stage(
     student.train()
     if cfg.mixed_precision == "bf16" and any(p.dtype == torch.bfloat16 for p in student.parameters()):
         log.warning("student parameters are bf16: AdamW updates will be lossy; load the student in fp32 (mixed_precision=bf16 computes in bf16 anyway)")
-    if cfg.activation_checkpointing:
+    from .loading import check_shard_plan, fsdp_root  # models paced_train.loading built already sharded
+    pre_student, pre_teacher = fsdp_root(student), fsdp_root(teacher)
+    if cfg.activation_checkpointing and pre_student is None:
         parallel.apply_activation_checkpointing(student)
-    student_kl, teacher_hidden_fn = StudentKL(student), TeacherHidden(teacher)
+    student_kl = pre_student if pre_student is not None else StudentKL(student)
+    teacher_hidden_fn = pre_teacher if pre_teacher is not None else TeacherHidden(teacher)
     autocast_dtype = None
     grad_scale = 1.0  # multiplies the loss for backward when FSDP cannot be told to SUM gradients
     if env.is_distributed:
@@ -522,13 +525,17 @@ def run_distill_stage(
         if cpu_offload and device.type == "cpu":
             log.warning("cpu_offload=true has no effect on a CPU-only run; ignoring it")
             cpu_offload = False
-        mesh = parallel.build_device_mesh(env)
-        parallel.shard_causal_lm(student_kl, parallel.decoder_layers(student), mesh,
-                                 mixed_precision=cfg.mixed_precision, cpu_offload=cpu_offload, trainable=True)
+        check_shard_plan(student, cfg, device, "student")  # a pre-sharded model must match this stage
+        check_shard_plan(teacher, cfg, device, "teacher")
+        mesh = parallel.build_device_mesh(env) if pre_student is None or pre_teacher is None else None
+        if pre_student is None:
+            parallel.shard_causal_lm(student_kl, parallel.decoder_layers(student), mesh,
+                                     mixed_precision=cfg.mixed_precision, cpu_offload=cpu_offload, trainable=True)
         if not parallel.use_sum_gradient_reduction(student_kl):
             grad_scale = float(W)  # FSDP averages over ranks: undo it
-        parallel.shard_causal_lm(teacher_hidden_fn, parallel.decoder_layers(teacher), mesh,
-                                 mixed_precision=cfg.mixed_precision, cpu_offload=cpu_offload, trainable=False)
+        if pre_teacher is None:
+            parallel.shard_causal_lm(teacher_hidden_fn, parallel.decoder_layers(teacher), mesh,
+                                     mixed_precision=cfg.mixed_precision, cpu_offload=cpu_offload, trainable=False)
     else:
         if cfg.cpu_offload:
             log.warning("cpu_offload=true needs FSDP2 (launch with torchrun); ignoring it in a single process")

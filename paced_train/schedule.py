@@ -160,20 +160,40 @@ class Pipeline:
             self._verify = default_verifier()
         return self._verify
 
-    def _load_model(self, path: str, trainable: bool):
-        from transformers import AutoModelForCausalLM
-        kw = dict(dtype=self._dtype(teacher=not trainable), trust_remote_code=self.cfg.model.trust_remote_code)
-        if self.cfg.model.attn_implementation:
-            kw["attn_implementation"] = self.cfg.model.attn_implementation
-        try:
-            model = AutoModelForCausalLM.from_pretrained(path, **kw)
-        except OSError as e:
-            raise ValueError(f"cannot load model from {path!r}: {e}") from None
-        model.to(self.device)
-        if not trainable:
-            model.eval()
-            model.requires_grad_(False)
-        return model
+    def _load_model(self, path: str, trainable: bool, shard_for=None):
+        """The model at ``path``, whole on ``self.device``; with ``shard_for`` (a stage's distill config)
+        under torchrun, built on the meta device with only this rank's FSDP2 shards read, sharded as
+        that stage shards it (``paced_train.loading``: rank 0 reads the safetensors and broadcasts)."""
+        from .loading import ShardPlan, load_causal_lm
+        plan = ShardPlan.for_stage(shard_for, self.device) if shard_for is not None else None
+        return load_causal_lm(path, dtype=self._dtype(teacher=not trainable), trainable=trainable, plan=plan,
+                              device=self.device, attn_implementation=self.cfg.model.attn_implementation,
+                              trust_remote_code=self.cfg.model.trust_remote_code)
+
+    def _training_models(self, dcfg):
+        """Student and teacher for ``run_distill_stage``. Under torchrun both are loaded sharded for
+        the stage (a model held whole, e.g. for HF generation, is dropped first), so no rank ever
+        holds a full copy; in one process the cached whole models, as before."""
+        from .loading import ShardPlan, shard_plan_of
+        from .parallel import get_dist_env
+        if not get_dist_env().is_distributed:
+            return self.student, self.teacher
+        plan = ShardPlan.for_stage(dcfg, self.device)
+        if self._student is not None and shard_plan_of(self._student) != plan:
+            self._student = None
+        if self._teacher is not None and shard_plan_of(self._teacher) != plan:
+            self._teacher = None
+        if self._student is None or self._teacher is None:
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        if self._student is None:
+            self.log.info(f"loading student from {self.student_path} (sharded over ranks)")
+            self._student = self._load_model(self.student_path, trainable=True, shard_for=dcfg)
+        if self._teacher is None:
+            self.log.info(f"loading teacher from {self.teacher_path} (sharded over ranks)")
+            self._teacher = self._load_model(self.teacher_path, trainable=False, shard_for=dcfg)
+        return self._student, self._teacher
 
     @property
     def student(self):
@@ -397,7 +417,7 @@ class Pipeline:
             dcfg = dataclasses.replace(dcfg, warmup_steps=0,
                                        lr_schedule="constant" if dcfg.lr_schedule == "warmup_constant"
                                        else dcfg.lr_schedule)
-        res = run_distill_stage(dcfg, self.student, self.teacher, examples, stages_dir, seg_name, self.log)
+        res = run_distill_stage(dcfg, *self._training_models(dcfg), examples, stages_dir, seg_name, self.log)
         from .checkpoint import save_tokenizer_files
         from .evaluate import model_is_sharded
         # a complete model folder: vLLM and from_pretrained load the tokenizer from it
