@@ -270,7 +270,7 @@ def run_expert(cfg, input_path, output_path, *, limit: Optional[int] = None, inf
                 "completion_tokens": reply.completion_tokens, "tries": reply.tries}
 
     failed: dict[str, dict] = {}
-    tokens = 0
+    verified = tokens = 0  # this run's, for the progress bar
     bar = progress_bar(total=len(todo), desc="expert solutions", unit="problem", enabled=progress and bool(todo))
     abort: Optional[BaseException] = None
     pool = ThreadPoolExecutor(max_workers=cfg.concurrency, thread_name_prefix="expert")
@@ -290,9 +290,9 @@ def run_expert(cfg, input_path, output_path, *, limit: Optional[int] = None, inf
                 else:
                     journal.add(entry)  # durable before it counts
                 bar.update(1)
+                verified += entry["status"] == "verified"
                 tokens += entry.get("prompt_tokens", 0) + entry.get("completion_tokens", 0)
-                bar.set_postfix(verified=sum(e["status"] == "verified" for e in journal.entries.values()),
-                                failed=len(failed), tokens=tokens)
+                bar.set_postfix(verified=verified, failed=len(failed), tokens=tokens)
     except BaseException:
         stop.set()
         raise

@@ -142,3 +142,22 @@ def test_dataset_name_offline_says_pass_a_local_file(tmp_path, monkeypatch):
         prepare("math500", "HuggingFaceH4/MATH-500", str(tmp_path / "m.jsonl"))
     with pytest.raises(ValueError, match="data file not found"):
         prepare("math500", str(tmp_path / "missing.jsonl"), str(tmp_path / "m.jsonl"))
+
+
+def test_dataset_name_goes_through_datasets_with_each_sets_split(tmp_path, monkeypatch):
+    import datasets
+    calls = []
+
+    def fake_load_dataset(name, subset=None, split=None):
+        calls.append((name, subset, split))
+        return [{"question": "2+2?", "subject": "math", "choices": ["3", "4"], "answer": 1}]
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    prepare("mmlu", "cais/mmlu", str(tmp_path / "mmlu.jsonl"))
+    assert calls == [("cais/mmlu", "all", "test")]
+    assert [(q.id, q.answer) for q in load_mc(tmp_path / "mmlu.jsonl")] == [("math/0", 1)]
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: [{"problem": "p", "answer": "1"}])
+    with pytest.raises(ValueError, match=r"HuggingFaceH4/MATH-500\[test\]:row 0: missing required field 'unique_id'"):
+        prepare("math500", "HuggingFaceH4/MATH-500", str(tmp_path / "m.jsonl"))
