@@ -2,7 +2,6 @@
 processes survives those behaviours: the trainer's process group outlives a generation phase
 under torchrun, rollouts do not depend on the number of ranks, a dying worker reaches every rank."""
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -12,29 +11,12 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from paced_train.rollout import SamplingSpec, VLLMEngine, stop_token_ids, vllm_llm_kwargs
+from _fake_vllm_fixture import fake_vllm, subprocess_env  # noqa: F401  (fixture)
+from paced_train.rollout import VLLMEngine, stop_token_ids, vllm_llm_kwargs
 from paced_train.toy.assets import resolve_path
 
 HERE = Path(__file__).resolve().parent
-FAKE = HERE / "fake_vllm"
 torch.set_num_threads(1)
-
-
-def _drop_vllm_modules():
-    for m in [m for m in sys.modules if m == "vllm" or m.startswith("vllm.")]:
-        del sys.modules[m]
-
-
-@pytest.fixture
-def fake_vllm(monkeypatch):
-    """The fake importable as ``vllm`` in this process, for this test only."""
-    for m in [m for m in sys.modules if m == "vllm" or m.startswith("vllm.")]:
-        monkeypatch.delitem(sys.modules, m)
-    monkeypatch.syspath_prepend(str(FAKE))
-    import vllm
-    assert vllm.__version__.endswith("paced.fake")
-    yield vllm
-    _drop_vllm_modules()
 
 
 def test_fake_vllm_needs_tokenizer_files_in_the_model_folder(tmp_path, fake_vllm):
@@ -92,10 +74,7 @@ def test_fake_vllm_keeps_the_stop_token_and_reports_why_it_stopped(fake_vllm):
 
 @pytest.mark.slow
 def test_generation_workers_under_torchrun_keep_the_trainer_group_and_report_a_dying_worker(tmp_path, fake_vllm):
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "PACED_FAKE_VLLM_CRASH")}
-    env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-               PYTHONPATH=os.pathsep.join([str(FAKE), str(HERE.parent), env.get("PYTHONPATH", "")]))
+    env = subprocess_env()
     out = tmp_path / "result.json"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(HERE / "_generation_worker_script.py"), str(out)]
