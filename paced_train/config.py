@@ -135,6 +135,7 @@ class DistillConfig:
     max_grad_norm: float = 1.0
     global_batch_problems: int = 32
     micro_batch_problems: int = 2
+    max_tokens_per_micro_batch: Optional[int] = None  # pack sequences into micro-batches of <= N tokens (None: pad)
     epochs: int = 1
     max_steps: Optional[int] = None
     temperature: float = 1.0
@@ -295,6 +296,14 @@ class RunConfig:
         for i in range(len(self.stages)):
             d = self.stage_distill_config(i)
             _validate_distill(d, f"stages[{i}].distill" if self.stages[i].distill else "distill")
+            if d.max_tokens_per_micro_batch is not None:  # every sequence must fit a packed micro-batch
+                longest = max(self.data.max_prompt_tokens, self.data.max_teacher_prompt_tokens) + self.data.max_response_tokens - 1
+                need(d.max_tokens_per_micro_batch >= longest,
+                     f"stages[{i}].distill.max_tokens_per_micro_batch" if "max_tokens_per_micro_batch" in self.stages[i].distill
+                     else "distill.max_tokens_per_micro_batch",
+                     f"must be >= the longest sequence a model runs, max(data.max_prompt_tokens, "
+                     f"data.max_teacher_prompt_tokens) + data.max_response_tokens - 1 = {longest}, "
+                     f"got {d.max_tokens_per_micro_batch}")
             _validate_weights(self.stage_weight_config(i), "weights")
         r = self.rollout
         need(r.k >= 1, "rollout.k", f"must be >= 1, got {r.k}")
@@ -360,6 +369,8 @@ def _validate_distill(d: DistillConfig, key: str) -> None:
     need(d.micro_batch_problems >= 1, "micro_batch_problems", "must be >= 1")
     need(d.global_batch_problems >= d.micro_batch_problems, "global_batch_problems",
          f"must be >= micro_batch_problems ({d.micro_batch_problems}), got {d.global_batch_problems}")
+    need(d.max_tokens_per_micro_batch is None or d.max_tokens_per_micro_batch >= 1, "max_tokens_per_micro_batch",
+         f"must be >= 1 or null, got {d.max_tokens_per_micro_batch}")
     need(d.epochs >= 1, "epochs", "must be >= 1")
     need(d.max_steps is None or d.max_steps >= 1, "max_steps", "must be >= 1 or null")
     need(d.temperature > 0, "temperature", "must be > 0")

@@ -7,7 +7,12 @@ shared response ids) and the problems' Paced weights:
   problems, sequences and tokens that saved);
 - a step consumes a *global batch* of ``global_batch_problems`` problems (all sequences of a problem
   travel together: RKL has several rollouts per problem), split evenly over ranks and then into
-  micro-batches of ``micro_batch_problems`` problems;
+  micro-batches of ``micro_batch_problems`` problems, right-padded to their longest sequence; or,
+  with ``max_tokens_per_micro_batch`` set, the rank's sequences are *packed* (concatenated without
+  padding, first-fit decreasing) into micro-batches of at most that many tokens per model, with
+  ``position_ids`` restarting at 0 per sequence and no attention mask, so transformers keeps attention
+  within each sequence (flash-attention varlen on GPU, a block-diagonal causal mask for sdpa/eager);
+  every rank runs the same number of packed micro-batches (zero-weight one-token ones fill up);
 - student and teacher run their decoder body (``model.model``) to last hidden states, never to full
   logits; the hidden state at position ``len(prompt) - 1 + k`` predicts response token ``k``;
 - ``paced_kernels.fused_linear_kl`` gives ``sum_j w_{seq(j)} KL_j`` over the response tokens, and is
@@ -53,6 +58,9 @@ __all__ = [
     "group_by_problem",
     "MicroBatch",
     "collate",
+    "collate_packed",
+    "pack_sequences",
+    "check_token_budget",
     "StudentKL",
     "TeacherHidden",
     "build_optimizer",
@@ -176,16 +184,16 @@ def data_fingerprint(groups: Sequence[Sequence[DistillExample]]) -> str:
 
 @dataclass
 class MicroBatch:
-    """One model's padded inputs plus where the response-predicting hidden states are."""
+    """One model's inputs (padded [B, L] or packed [1, T]) plus where the response-predicting hidden states are."""
 
-    input_ids: torch.Tensor  # [B, L] int64, right-padded
-    attention_mask: torch.Tensor  # [B, L] int64
-    position_ids: torch.Tensor  # [B, L] int64
+    input_ids: torch.Tensor  # [B, L] int64, right-padded; packed: [1, T]
+    attention_mask: torch.Tensor | None  # [B, L] int64; packed: None (sequences told apart by position_ids)
+    position_ids: torch.Tensor  # [B, L] int64; packed: restarts at 0 for every sequence
     gather_index: torch.Tensor  # [N] flat indices into [B * L] of the response-predicting positions
     seq_ids: torch.Tensor  # [N] int64 sequence of each gathered position
 
     def to(self, device: torch.device) -> "MicroBatch":
-        return MicroBatch(**{k: v.to(device, non_blocking=True) for k, v in vars(self).items()})
+        return MicroBatch(**{k: None if v is None else v.to(device, non_blocking=True) for k, v in vars(self).items()})
 
 
 def collate(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], pad_id: int = 0) -> MicroBatch:
@@ -208,6 +216,110 @@ def collate(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]]
         seq_ids.append(torch.full((len(r),), b, dtype=torch.long))
     position_ids = torch.arange(width, dtype=torch.long).unsqueeze(0).expand(batch, width).contiguous()
     return MicroBatch(input_ids, attention_mask, position_ids, torch.cat(gather), torch.cat(seq_ids))
+
+
+def collate_packed(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]]) -> MicroBatch:
+    """Concatenate ``prompt + response[:-1]`` of every sequence into one row of ``sum`` tokens, no padding.
+
+    ``position_ids`` restart at 0 for each sequence and there is no attention mask: transformers
+    (``masking_utils.find_packed_sequence_indices``) then builds a block-diagonal causal mask for
+    sdpa/eager and flash-attention runs varlen, so no token attends across sequences. Sequence ``b``
+    starting at offset ``o`` has its response token ``k`` predicted at ``o + len(prompt) - 1 + k``.
+    """
+    ids, pos, gather, seq_ids = [], [], [], []
+    offset = 0
+    for b, (p, r) in enumerate(zip(prompts, responses)):
+        s = list(p) + list(r[:-1])
+        ids.extend(s)
+        pos.append(torch.arange(len(s), dtype=torch.long))
+        start = offset + len(p) - 1
+        gather.append(torch.arange(start, start + len(r)))
+        seq_ids.append(torch.full((len(r),), b, dtype=torch.long))
+        offset += len(s)
+    input_ids = torch.tensor(ids, dtype=torch.long).unsqueeze(0)
+    return MicroBatch(input_ids, None, torch.cat(pos).unsqueeze(0), torch.cat(gather), torch.cat(seq_ids))
+
+
+def _input_lengths(ex: DistillExample) -> tuple[int, int]:
+    """Tokens the student and the teacher run for one sequence (the last response token is no input)."""
+    n = len(ex.response_ids) - 1
+    return len(ex.student_prompt_ids) + n, len(ex.teacher_prompt_ids) + n
+
+
+def check_token_budget(examples: Sequence[DistillExample], budget: int) -> None:
+    """Every sequence must fit a packed micro-batch on its own, else a ValueError naming the key."""
+    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+        raise ValueError(f"distill.max_tokens_per_micro_batch must be a positive int or null, got {budget!r}")
+    for ex in examples:
+        s_len, t_len = _input_lengths(ex)
+        if max(s_len, t_len) > budget:
+            raise ValueError(
+                f"distill.max_tokens_per_micro_batch={budget} is smaller than a sequence of problem "
+                f"{ex.problem_id!r} (student {s_len}, teacher {t_len} input tokens: prompt + response - 1); "
+                "raise it to at least the longest teacher prompt + response"
+            )
+
+
+def pack_sequences(lengths: Sequence[Sequence[int]], budget: int) -> list[list[int]]:
+    """First-fit decreasing: bins of sequence indices whose token sums stay <= ``budget`` for every model.
+
+    ``lengths[i]`` holds sequence i's input length per model (student, teacher). Sequences are placed
+    longest first (ties by index), each into the first bin with room for it in every model; indices
+    within a bin are ascending. Deterministic, so every rank can pack every rank's share.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (-max(lengths[i]), i))
+    bins: list[list[int]] = []
+    used: list[list[int]] = []
+    for i in order:
+        need = list(lengths[i])
+        if max(need) > budget:
+            raise ValueError(f"distill.max_tokens_per_micro_batch={budget} is smaller than sequence {i} ({max(need)} tokens)")
+        for b, u in enumerate(used):
+            if all(x + n <= budget for x, n in zip(u, need)):
+                bins[b].append(i)
+                used[b] = [x + n for x, n in zip(u, need)]
+                break
+        else:
+            bins.append([i])
+            used.append(need)
+    return [sorted(b) for b in bins]
+
+
+def _micro_batch_sequences(
+    batch: Sequence[Sequence[DistillExample]], rank: int, world: int, per_micro: int, budget: int | None
+) -> list[list[DistillExample]]:
+    """This rank's micro-batches of one step, as lists of sequences.
+
+    Padded: ``per_micro`` problems each. Packed: first-fit bins of the rank's sequences, padded with
+    empty lists (run as zero-weight one-token micro-batches) up to the largest bin count of any rank,
+    which every rank computes alike from the whole batch, so FSDP's collectives line up without a
+    collective of their own."""
+    mine = parallel.shard_for_rank(batch, rank, world)
+    if budget is None:
+        return [[ex for group in mine[m0 : m0 + per_micro] for ex in group] for m0 in range(0, len(mine), per_micro)]
+
+    def packed(groups: Sequence[Sequence[DistillExample]]) -> list[list[DistillExample]]:
+        seqs = [ex for group in groups for ex in group]
+        return [[seqs[i] for i in b] for b in pack_sequences([_input_lengths(ex) for ex in seqs], budget)]
+
+    own = packed(mine)
+    most = max(len(packed(parallel.shard_for_rank(batch, r, world))) if r != rank else len(own) for r in range(world))
+    return own + [[] for _ in range(most - len(own))]
+
+
+def _collate_micro_batch(
+    seqs: Sequence[DistillExample], packed: bool, device: torch.device
+) -> tuple[MicroBatch, MicroBatch, torch.Tensor]:
+    """Student and teacher inputs and the per-sequence weights; ``[]`` -> a zero-weight one-token filler."""
+    if not seqs:
+        filler = collate_packed([[0]], [[0]]).to(device)
+        return filler, filler, torch.zeros(1, dtype=torch.float32, device=device)
+    responses = [ex.response_ids for ex in seqs]
+    make = collate_packed if packed else collate
+    s_mb = make([ex.student_prompt_ids for ex in seqs], responses).to(device)
+    t_mb = make([ex.teacher_prompt_ids for ex in seqs], responses).to(device)
+    seq_weights = torch.tensor([float(ex.weight) for ex in seqs], dtype=torch.float32, device=device)
+    return s_mb, t_mb, seq_weights
 
 
 # --------------------------------------------------------------------------------------------
@@ -469,7 +581,13 @@ def run_distill_stage(
         raise ValueError(f"distill loss must be one of {sorted(KL_DIRECTIONS)}, got {cfg.loss!r}")
     direction = KL_DIRECTIONS[cfg.loss]
     G, M, W = int(cfg.global_batch_problems), int(cfg.micro_batch_problems), env.world_size
-    if G < 1 or M < 1 or G % (W * M):
+    budget = getattr(cfg, "max_tokens_per_micro_batch", None)
+    if budget is not None:
+        check_token_budget([], budget)  # type/range
+        if G < 1 or G % W:
+            raise ValueError(f"global_batch_problems={G} must be a positive multiple of world_size={W} "
+                             "(every rank gets the same number of problems)")
+    elif G < 1 or M < 1 or G % (W * M):
         raise ValueError(
             f"global_batch_problems={G} must be a positive multiple of micro_batch_problems * world_size "
             f"= {M} * {W} = {M * W} (every rank runs the same number of micro-batches)"
@@ -482,7 +600,8 @@ def run_distill_stage(
     if student is teacher:
         raise ValueError("student and teacher are the same model object: pass a separate frozen teacher (e.g. a copy for self-distillation)")
     _validate_examples(examples, min(s_vocab, t_vocab))
-
+    if budget is not None:
+        check_token_budget([ex for ex in examples if ex.weight > 0], budget)
 
     live, skipped = drop_zero_weight(examples)
     groups = group_by_problem(live)
@@ -586,9 +705,11 @@ def run_distill_stage(
         ckpt.save_checkpoint(ckpt.checkpoint_dir(ckpt_root, step), student, optimizer, scheduler=scheduler,
                              train_state=train_state, keep_last=cfg.keep_checkpoints)
 
+    micro = (f"packed micro-batches of <= {budget} tokens" if budget is not None
+             else f"{G // (W * M)} micro-batch(es) of {M} problem(s)")
     log.info(
         f"{cfg.loss} distillation: {total_steps} steps ({steps_per_epoch} per epoch) of {G} problems, "
-        f"{W} rank(s) x {G // (W * M)} micro-batch(es) of {M} problem(s), normalised by "
+        f"{W} rank(s) x {micro}, normalised by "
         f"{cfg.loss_normalization}, {'FSDP2' if env.is_distributed else 'single process'} on {device}"
     )
 
@@ -607,15 +728,11 @@ def run_distill_stage(
             t0 = time.perf_counter()
             epoch, _, _, batch = plan.batch(step)
             normaliser = _normaliser(batch, cfg.loss_normalization)
-            mine = parallel.shard_for_rank(batch, env.rank, W)
+            micro_batches = _micro_batch_sequences(batch, env.rank, W, M, budget)
             optimizer.zero_grad(set_to_none=True)
             local_loss = torch.zeros((), dtype=torch.float64, device=device)
-            for m0 in range(0, len(mine), M):
-                seqs = [ex for group in mine[m0 : m0 + M] for ex in group]
-                responses = [ex.response_ids for ex in seqs]
-                s_mb = collate([ex.student_prompt_ids for ex in seqs], responses).to(device)
-                t_mb = collate([ex.teacher_prompt_ids for ex in seqs], responses).to(device)
-                seq_weights = torch.tensor([float(ex.weight) for ex in seqs], dtype=torch.float32, device=device)
+            for seqs in micro_batches:
+                s_mb, t_mb, seq_weights = _collate_micro_batch(seqs, budget is not None, device)
                 with torch.no_grad():
                     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_dtype is not None):
                         t_hidden = teacher_hidden_fn(t_mb)
@@ -642,6 +759,7 @@ def run_distill_stage(
             if (step + 1) % log_every == 0 or step + 1 == total_steps:
                 log.metrics({"loss": step_loss, "lr": lr, "grad_norm": gnorm, "epoch": epoch,
                              "problems": len(batch), "response_tokens": n_tokens, "normaliser": normaliser,
+                             "micro_batches": len(micro_batches),
                              "step_time_s": dt, "response_tokens_per_s": n_tokens / dt if dt > 0 else 0.0}, step + 1)
             if bar is not None:
                 bar.update(1)
