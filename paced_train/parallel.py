@@ -52,6 +52,7 @@ __all__ = [
     "decided_by_rank0",
     "watch_for_peer_failure",
     "report_failure",
+    "peer_failure",
     "debug_hook",
 ]
 
@@ -336,6 +337,7 @@ def decided_by_rank0(decide: Callable[[], T], point: str = "decision") -> T:
 
 
 _FAILURE_KEY = "paced/failed"
+_FAILURE_COUNT_KEY = "paced/failures"
 _watch_stop: threading.Event | None = None
 
 
@@ -348,17 +350,41 @@ def _store():
 
 
 def report_failure(exc: BaseException) -> None:
-    """Publish this rank's error to the others (see :func:`watch_for_peer_failure`). Never raises."""
+    """Publish this rank's error to the others (see :func:`watch_for_peer_failure`). The first
+    failure is kept: a rank that fails *because* a peer did (a broken collective) does not
+    overwrite the cause. Never raises."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return
     store = _store()
     if store is None:
         return
     try:
-        msg = f"rank {dist.get_rank()} failed: {type(exc).__name__}: {exc}"
-        store.set(_FAILURE_KEY, msg[:4000])
+        if store.add(_FAILURE_COUNT_KEY, 1) == 1:
+            msg = f"rank {dist.get_rank()} failed: {type(exc).__name__}: {exc}"
+            store.set(_FAILURE_KEY, msg[:4000])
     except Exception:
         pass
+
+
+def peer_failure(wait_s: float = 0.0) -> str | None:
+    """The first failure another rank reported (``"rank R failed: ..."``), or None: lets a rank whose
+    collective broke say what broke it. Waits up to ``wait_s`` for the message. Never raises."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return None
+    store = _store()
+    if store is None:
+        return None
+    deadline = time.monotonic() + wait_s
+    try:
+        while True:
+            if store.check([_FAILURE_KEY]):
+                msg = store.get(_FAILURE_KEY).decode(errors="replace")
+                return None if msg.startswith(f"rank {dist.get_rank()} failed") else msg
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.05)
+    except Exception:
+        return None
 
 
 def watch_for_peer_failure(poll_s: float = 0.5) -> bool:

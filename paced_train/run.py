@@ -72,6 +72,9 @@ def run(cfg: RunConfig, verify=None) -> tuple[Path, dict]:
     except BaseException as e:
         failed = True
         parallel.report_failure(e)  # the other ranks stop now instead of at a collective's timeout
+        cause = parallel.peer_failure()
+        if cause is not None:  # this rank failed because another did (e.g. a broken collective)
+            print(f"[rank {env.rank}] {cause}", file=sys.stderr, flush=True)
         raise
     finally:
         parallel.teardown_distributed(failed=failed)
