@@ -200,11 +200,25 @@ def _chunk_plan(path: Path, expected: dict[str, torch.dtype], ties: list[list[st
             "sharded loading needs the model's own tensor names (convert the checkpoint with "
             "from_pretrained + save_pretrained once)"
         )
+    # a tied parameter is read once; a file carrying it under several names must agree with itself
+    # (which copy from_pretrained keeps otherwise depends on the transformers version)
+    skip: set[str] = set()
+    for group in ties:
+        present = [n for n in group if n in loaded]
+        for other in present[1:]:
+            with safe_open(str(files[present[0]]), framework="pt") as f:
+                first = f.get_tensor(present[0])
+            with safe_open(str(files[other]), framework="pt") as f:
+                if not torch.equal(first, f.get_tensor(other)):
+                    raise ValueError(f"the checkpoint in {str(path)!r} stores the tied weight under {present[0]!r} "
+                                     f"and {other!r} with different values; the model ties them into one "
+                                     "(keep one of them, or set tie_word_embeddings: false in config.json)")
+            skip.add(other)
     chunks: list[list[tuple[str, str]]] = [[]]
     size = 0
     by_file: dict[Path, list[str]] = {}
     for name, file in files.items():
-        if name in expected:
+        if name in expected and name not in skip:
             by_file.setdefault(file, []).append(name)
     for file, names in by_file.items():
         with safe_open(str(file), framework="pt") as f:

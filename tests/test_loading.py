@@ -66,8 +66,11 @@ def test_sharded_load_equals_from_pretrained_bitwise(tmp_path, one_rank_group, c
 
     from paced_train.distill import StudentKL, TeacherHidden
 
-    tied = _save(W.tiny_qwen3(1, tie=True), tmp_path / "tied")
-    assert "lm_head.weight" not in load_file(tied / "model.safetensors")  # written once
+    tied = tmp_path / "tied"
+    W.tiny_qwen3(1, tie=True).save_pretrained(tied, max_shard_size="20KB")  # several files + an index
+    files = sorted(tied.glob("model-*.safetensors"))
+    assert len(files) > 1 and (tied / "model.safetensors.index.json").exists()
+    assert not any("lm_head.weight" in load_file(f) for f in files)  # the tied weight is written once
     plan = loading.ShardPlan(activation_checkpointing=True)
     student = loading.load_sharded(tied, dtype=torch.float32, trainable=True, plan=plan, chunk_bytes=chunk_bytes)
     assert student.lm_head.weight is student.model.embed_tokens.weight
@@ -82,6 +85,20 @@ def test_sharded_load_equals_from_pretrained_bitwise(tmp_path, one_rank_group, c
     assert isinstance(loading.fsdp_root(teacher), TeacherHidden)
     assert "CheckpointWrapper" not in type(teacher.model.layers[0]).__name__  # the trainer never checkpoints it
     _assert_same_as_from_pretrained(teacher, toy_teacher, torch.bfloat16, False)
+
+
+def test_tied_weight_stored_under_both_names(tmp_path, one_rank_group):
+    """Both names with one value: loaded once, as from_pretrained; with two values: a clear error."""
+    path = _save(W.tiny_qwen3(1, tie=True), tmp_path / "m")
+    sd = load_file(path / "model.safetensors")
+    sd["lm_head.weight"] = sd["model.embed_tokens.weight"].clone()
+    save_file(sd, str(path / "model.safetensors"), metadata={"format": "pt"})
+    model = loading.load_sharded(path, dtype=torch.float32, trainable=True, plan=loading.ShardPlan())
+    _assert_same_as_from_pretrained(model, path, torch.float32, True)
+    sd["lm_head.weight"].add_(1.0)
+    save_file(sd, str(path / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="tied weight under 'model.embed_tokens.weight' and 'lm_head.weight' with different values"):
+        loading.load_sharded(path, dtype=torch.float32, trainable=True, plan=loading.ShardPlan())
 
 
 def test_sharded_load_refuses_a_checkpoint_that_does_not_match(tmp_path, one_rank_group):
@@ -122,6 +139,7 @@ def test_single_process_is_plain_from_pretrained_and_plans_are_checked(tmp_path)
         loading.check_shard_plan(model, cfg, cpu, "student")
 
 
+@pytest.mark.slow
 def test_torchrun_two_ranks_sharded_loading_trains_identically(tmp_path):
     """2 ranks: loss, gradient norms and the exported student are bitwise the same after loading
     whole-then-sharding and after sharded loading; each rank held about half of each model."""
