@@ -166,7 +166,8 @@ def _safetensors_files(path: Path) -> dict[str, Path]:
     single = path / "model.safetensors"
     if not single.exists():
         raise ValueError(f"cannot load model from {str(path)!r} sharded: no model.safetensors or "
-                         "model.safetensors.index.json there (sharded loading reads safetensors only)")
+                         "model.safetensors.index.json there (sharded loading reads a local folder of safetensors: "
+                         "download a Hub model first, e.g. `hf download <name> --local-dir <folder>`)")
     from safetensors import safe_open
 
     with safe_open(str(single), framework="pt") as f:
