@@ -13,6 +13,7 @@ shared response ids) and the problems' Paced weights:
   ``position_ids`` restarting at 0 per sequence and no attention mask, so transformers keeps attention
   within each sequence (flash-attention varlen on GPU, a block-diagonal causal mask for sdpa/eager);
   every rank runs the same number of packed micro-batches (zero-weight one-token ones fill up);
+  models on sdpa run packed rows per sequence (``packed_attention``), as flash-attention varlen does;
 - student and teacher run their decoder body (``model.model``) to last hidden states, never to full
   logits; the hidden state at position ``len(prompt) - 1 + k`` predicts response token ``k``;
 - ``paced_kernels.fused_linear_kl`` gives ``sum_j w_{seq(j)} KL_j`` over the response tokens, and is
@@ -48,7 +49,7 @@ from torch import nn
 from paced_kernels import fused_linear_kl
 
 from . import checkpoint as ckpt
-from . import parallel
+from . import packed_attention, parallel
 
 __all__ = [
     "DistillExample",
@@ -714,6 +715,8 @@ def run_distill_stage(
     )
 
     # ---- train ---------------------------------------------------------------------------
+    # packed rows under sdpa: attention per sequence (sum L_i^2), not over the dense block-diagonal mask
+    restore_attention = packed_attention.enable(student, teacher) if budget is not None else (lambda: None)
     bar = None
     if log.progress_enabled and start_step < total_steps:
         from .logging_utils import progress_bar  # tqdm on a terminal, a line every ~30 s otherwise
@@ -767,6 +770,7 @@ def run_distill_stage(
             if (every and (step + 1) % every == 0) or step + 1 == total_steps:
                 save(step + 1)
     finally:
+        restore_attention()
         if bar is not None:
             bar.close()
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import _distill_worker as W
-from paced_train import distill
+from paced_train import distill, packed_attention
 from paced_train.config import config_from_dict
 from paced_train.distill import (
     DistillExample,
@@ -75,6 +75,33 @@ def test_packed_hidden_states_equal_each_sequence_run_alone(impl):
     torch.testing.assert_close(got, alone, rtol=tol, atol=tol)
 
 
+def test_varlen_sdpa_runs_each_sequence_alone_and_only_when_the_mask_is_block_causal(monkeypatch):
+    """paced_varlen_sdpa == transformers' dense block-diagonal sdpa on packed rows; padded batches untouched."""
+    model = W.tiny_qwen3(1, dtype=torch.float64)  # 2 heads on 1 kv head: GQA
+    model.config._attn_implementation = "sdpa"
+    ex = W.tiny_examples(5, seed=13)
+    prompts, responses = [e.student_prompt_ids for e in ex], [e.response_ids for e in ex]
+    dense = distill._last_hidden(model.model, collate_packed(prompts, responses))
+    padded_ref = distill._last_hidden(model.model, collate(prompts, responses))
+    checks = []
+    real_check = packed_attention._is_block_causal
+    monkeypatch.setattr(packed_attention, "_is_block_causal", lambda *a: checks.append(real_check(*a)) or checks[-1])
+    restore = packed_attention.enable(model)
+    assert model.config._attn_implementation == packed_attention.NAME
+    varlen = distill._last_hidden(model.model, collate_packed(prompts, responses))
+    assert checks == [True] * len(model.model.layers)  # every layer took the per-sequence path
+    padded = distill._last_hidden(model.model, collate(prompts, responses))
+    assert len(checks) == len(model.model.layers)  # [B, L] padded rows never do
+    restore()
+    assert model.config._attn_implementation == "sdpa"
+    torch.testing.assert_close(varlen, dense, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(padded, padded_ref, rtol=0, atol=0)
+    # a mask that is not the block-diagonal causal one of the positions (here: plain causal) -> plain sdpa
+    pos = collate_packed(prompts, responses).position_ids
+    causal = torch.ones(pos.shape[1], pos.shape[1], dtype=torch.bool).tril()[None, None]
+    assert not real_check(causal, packed_attention.sequence_starts(pos), pos.shape[1])
+
+
 # --------------------------------------------------------------------------------------------
 # one training step: packed == padded (float64)
 # --------------------------------------------------------------------------------------------
@@ -104,6 +131,7 @@ def _one_step(tmp_path, monkeypatch, loss: str, impl: str, cfg: dict, rollouts: 
                            temperature=0.9, **cfg)
     result = run_distill_stage(config, student, teacher, examples, tmp_path, "s")
     monkeypatch.undo()  # the next run spies on the real functions again
+    assert student.config._attn_implementation == teacher.config._attn_implementation == impl  # restored
     assert result.steps == 1 and len(grads) == 1
     return result.losses[0], grads[0], kl_calls
 
