@@ -106,15 +106,45 @@ def test_chunk_and_vocab_block_boundaries_do_not_matter(direction, rows, cols):
         assert_near(b, a, rel=1e-5)
 
 
+@pytest.mark.parametrize("direction", ["forward", "reverse"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_cpu_slab_path_matches_float64_and_the_full_tile_path(direction, dtype):
+    """The CPU row-chunk path works slab by slab (5 slabs of 3 rows, the last short) in place;
+    it must give the float64 truth, and the full-tile path the GPU uses must agree with it."""
+    from paced_kernels.linear_kl_torch import _row_chunk_kl, _row_chunk_kl_slabs
+
+    sh, sw, th, tw = make_inputs(13, 12, 10, 97, dtype=dtype, seed=8, scale=2.5)
+    weights = torch.rand(13, generator=torch.Generator().manual_seed(2), dtype=torch.float64) + 0.1
+    kl_true, _, gh_true, gw_true = float64_truth(sh, sw, th, tw, direction, 1.7, weights)
+    s, t = sh @ sw.T / 1.7, th @ tw.T / 1.7
+    scale = (weights.to(dtype) / 1.7).unsqueeze(1)
+    kl = torch.empty(13, dtype=dtype)
+    g = _row_chunk_kl_slabs(s.clone(), t.clone(), direction, scale, kl, slab=3)
+    kl_tile, g_tile = _row_chunk_kl(s.clone(), t.clone(), direction, True)
+    rel = 1e-12 if dtype == torch.float64 else 2e-5
+    assert_near(kl * weights.to(dtype), kl_true, rel=rel)
+    assert_near(g @ sw, gh_true, rel=rel)
+    assert_near(g.T @ sh, gw_true, rel=rel)
+    assert_near(g, g_tile * scale, rel=rel)
+    kl_only = torch.empty(13, dtype=dtype)
+    assert _row_chunk_kl_slabs(s.clone(), t.clone(), direction, None, kl_only, slab=3) is None
+    assert torch.equal(kl_only, kl)
+
+
 def test_chunk_plan_respects_the_memory_budget(monkeypatch):
     from paced_kernels.linear_kl_torch import plan_chunks
 
     monkeypatch.setenv("PACED_KL_CHUNK_MB", "32")
-    rows, cols = plan_chunks(2048, 32768, torch.device("cpu"), "forward")
-    assert cols is not None and rows * cols * 4 * 4 <= 32 * 2**20  # vocabulary blocks
-    rows, cols = plan_chunks(100, 1000, torch.device("cpu"), "forward")
+    cpu = torch.device("cpu")
+    # CPU row chunks hold two [rows, V] fp32 logit buffers (slab-wise elementwise work)
+    rows, cols = plan_chunks(2048, 32768, cpu, "forward")
+    assert cols is None and rows >= 128 and rows * 32768 * 4 * 2 <= 32 * 2**20
+    # a vocabulary too large for 128-token row chunks: vocabulary blocks (4 live buffers)
+    rows, cols = plan_chunks(2048, 151936, cpu, "reverse")
+    assert cols is not None and rows * cols * 4 * 4 <= 32 * 2**20
+    rows, cols = plan_chunks(100, 1000, cpu, "forward")
     assert (rows, cols) == (100, None)  # everything fits: one row chunk
-    rows, cols = plan_chunks(2048, 32768, torch.device("cpu"), "akl")
+    rows, cols = plan_chunks(2048, 32768, cpu, "akl")  # full-tile passes: 4 live buffers
     assert cols is None and rows * 32768 * 4 * 4 <= 32 * 2**20
 
 
