@@ -12,31 +12,41 @@ without math delimiters is read as inline math (``$gold$``).
 
 A gold the C++ side cannot read is first parsed once by math-verify; when that gives a plain
 number (or only a string), the C++ side scores all of that gold's responses against it.
-Pairs the C++ side still cannot decide are "unknown": by default they are sent to math-verify in Python
-(in the calling thread, with math-verify's own timeouts where it can use them), otherwise
-(``fallback=False``) they count as wrong. Inputs that would exceed a work limit (exponent towers,
-huge factorials, answers over 4 KB, ...) are judged wrong without a fallback: math-verify times out
-on them. :func:`last_stats` reports how the last call's verdicts were reached.
+Pairs the C++ side still cannot decide are "unknown": by default they are sent to math-verify in
+worker processes (``paced_kernels.scoring_pool``: spawn context, started on first use, reused, a
+hard per-pair deadline enforced by killing the worker), so a call returns in bounded time from
+any thread, and from several at once; otherwise (``fallback=False``) they count as wrong. A pair
+past its deadline counts as wrong, math-verify's own convention for a timeout.
+:func:`configure_fallback` sets the number of workers and the deadline. Inputs that would exceed a
+work limit (exponent towers, huge factorials, answers over 4 KB, ...) are judged wrong without a
+fallback: math-verify times out on them. :func:`last_stats` reports how the calling thread's last
+call reached its verdicts.
 """
 from __future__ import annotations
 
-import functools
-import logging
 import threading
 from typing import Optional, Sequence
 
 import numpy as np
 
-__all__ = ["verify", "verify_batch", "pass_rates", "extract_answer", "last_stats", "math_verify_verdict"]
+from . import scoring_pool
+from ._mv_worker import mv_verdict, wrap_gold as _wrap_gold
+from .scoring_pool import FallbackConfig
+
+__all__ = ["verify", "verify_batch", "pass_rates", "extract_answer", "last_stats", "math_verify_verdict",
+           "configure_fallback", "FallbackConfig"]
 
 # responses longer than this are never handed to math-verify (its regexes and sympy can take
 # unbounded time on them); they keep the C++ verdict ("unknown" counts as wrong)
 FALLBACK_MAX_CHARS = 65536
-FALLBACK_TIMEOUT_S = 5
 
 _CODE_FALSE, _CODE_TRUE, _CODE_UNKNOWN, _CODE_LIMIT = 0, 1, 2, 3
 _stats_lock = threading.Lock()
 _last_stats: dict = {}
+_thread_stats = threading.local()
+# math-verify's reading of golds the C++ side cannot parse, per gold text (bounded: cleared when full)
+_gold_cache: dict = {}
+_GOLD_CACHE_MAX = 4096
 
 
 def _ext():
@@ -49,79 +59,53 @@ def _ext():
     return _scorer
 
 
-def _wrap_gold(gold: str) -> str:
-    if any(t in gold for t in ("$", "\\boxed", "\\fbox", "\\(", "\\[")):
-        return gold
-    return f"${gold}$"
-
-
 def math_verify_verdict(gold: str, response: str, timeout: Optional[int] = None) -> bool:
-    """The reference verdict: math-verify on the same inputs (gold read as ``$gold$`` when it has
-    no math delimiters). ``timeout`` seconds use math-verify's signal-based timeouts, which only
-    work in the main thread; ``None`` disables them."""
-    from math_verify import parse, verify as mv_verify
-
-    mv_log = logging.getLogger("math_verify")
-    old = mv_log.level
-    mv_log.setLevel(logging.ERROR)
-    try:
-        g = parse(_wrap_gold(gold), parsing_timeout=timeout)
-        r = parse(response, parsing_timeout=timeout)
-        return bool(mv_verify(g, r, timeout_seconds=timeout))
-    except Exception:  # noqa: BLE001 - math-verify's own convention: an error is a wrong answer
-        return False
-    finally:
-        mv_log.setLevel(old)
+    """The reference verdict: math-verify in this process on the same inputs (gold read as
+    ``$gold$`` when it has no math delimiters). ``timeout`` seconds use math-verify's
+    signal-based timeouts, which only work in the main thread; ``None`` disables them."""
+    return mv_verdict(gold, response, timeout)
 
 
-@functools.lru_cache(maxsize=4096)
-def _gold_from_math_verify(gold: str, timeout: Optional[int]):
-    """math-verify's reading of a gold the C++ side cannot parse, as ``(expr_latex, string)`` for
-    the C++ scorer, or None when its parsed answer is not a plain number (then every pair with this
-    gold goes to the fallback)."""
-    import sympy
-    from math_verify import parse
+def configure_fallback(config: Optional[FallbackConfig] = None, **changes) -> FallbackConfig:
+    """Settings of the math-verify fallback: ``workers`` (processes, 0: one per core),
+    ``deadline_s`` (hard bound per pair), ``startup_s``, ``mv_timeout_s`` (math-verify's own
+    timeouts inside a worker). Takes a FallbackConfig or field=value changes; the running pool is
+    restarted with them on the next call."""
+    return scoring_pool.configure(config, **changes)
 
-    mv_log = logging.getLogger("math_verify")
-    old = mv_log.level
-    mv_log.setLevel(logging.ERROR)
-    try:
-        items = parse(_wrap_gold(gold), parsing_timeout=timeout)
-    except Exception:  # noqa: BLE001 - an unparseable gold: every verdict is False
-        items = []
-    finally:
-        mv_log.setLevel(old)
-    expr = text = None
-    for item in items:
-        if isinstance(item, str):
-            if text is None:
-                text = item
-        elif expr is not None:
-            return None
-        elif isinstance(item, sympy.Integer):
-            expr = str(int(item))
-        elif isinstance(item, sympy.Rational):
-            p, q = int(item.p), int(item.q)
-            expr = ("-" if p < 0 else "") + f"\\frac{{{abs(p)}}}{{{q}}}"
-        else:
-            return None
-    return expr, text
+
+def _fallback_run(tasks: list, stats: dict, prefix: str) -> list:
+    """Runs math-verify tasks in the pool; counts timeouts / crashes / errors under ``prefix``."""
+    if not tasks:
+        return []
+    out = scoring_pool.get_pool().run(tasks)
+    for status, _ in out:
+        if status != "ok":
+            key = f"{prefix}_{'timeout' if status == 'timeout' else 'failed'}"
+            stats[key] = stats.get(key, 0) + 1
+    return out
 
 
 def _resolve_golds(golds: Sequence, stats: dict) -> Optional[dict]:
-    """Golds the C++ side cannot read are parsed once by math-verify (not once per response)."""
+    """Golds the C++ side cannot read are parsed once by math-verify (not once per response), in
+    the fallback pool. A gold whose parse times out or fails reads as nothing (every verdict False),
+    as math-verify's parse returns nothing on a timeout."""
     uniq = list(dict.fromkeys(g for g in golds if isinstance(g, str)))
+    stats.setdefault("golds_resolved", 0)
+    stats.setdefault("gold_timeout", 0)
+    stats.setdefault("gold_failed", 0)
     if not uniq:
         return None
     codes = np.asarray(_ext().gold_codes(uniq))
-    timeout = FALLBACK_TIMEOUT_S if threading.current_thread() is threading.main_thread() else None
-    resolved = {}
-    for g, code in zip(uniq, codes):
-        if code != _CODE_UNKNOWN or len(g) > FALLBACK_MAX_CHARS:
-            continue
-        r = _gold_from_math_verify(g, timeout)
-        if r is not None:
-            resolved[g] = r
+    todo = [g for g, c in zip(uniq, codes) if c == _CODE_UNKNOWN and len(g) <= FALLBACK_MAX_CHARS]
+    missing = [g for g in todo if g not in _gold_cache]
+    mv_t = scoring_pool.get_pool().config.mv_timeout_s if missing else None
+    got = _fallback_run([("gold", (g, mv_t)) for g in missing], stats, "gold")
+    if len(_gold_cache) + len(missing) > _GOLD_CACHE_MAX:
+        _gold_cache.clear()
+    for g, (status, value) in zip(missing, got):
+        _gold_cache[g] = value if status == "ok" else (None, None)
+    resolved = {g: _gold_cache[g] for g in todo if _gold_cache.get(g) is not None}
     stats["golds_resolved"] = len(resolved)
     return resolved or None
 
@@ -136,7 +120,7 @@ def _as_str(x, what: str) -> str:
 
 def _resolve(codes: np.ndarray, golds_of, responses_of, fallback: bool, pre: Optional[dict] = None
              ) -> tuple[np.ndarray, dict]:
-    """Turns verdict codes into booleans, running the fallback on the undecided ones."""
+    """Turns verdict codes into booleans, running the fallback pool on the undecided ones."""
     verdicts = codes == _CODE_TRUE
     unknown = np.flatnonzero(codes == _CODE_UNKNOWN)
     stats = {
@@ -148,16 +132,22 @@ def _resolve(codes: np.ndarray, golds_of, responses_of, fallback: bool, pre: Opt
         "fallback": bool(fallback),
         "fallback_used": 0,
         "fallback_true": 0,
+        "fallback_timeout": 0,
+        "fallback_failed": 0,
         "fallback_skipped_long": 0,
     }
     if fallback and unknown.size:
-        timeout = FALLBACK_TIMEOUT_S if threading.current_thread() is threading.main_thread() else None
+        idx, tasks = [], []
+        mv_t = scoring_pool.get_pool().config.mv_timeout_s
         for i in unknown:
             resp = responses_of(int(i))
             if len(resp) > FALLBACK_MAX_CHARS:
                 stats["fallback_skipped_long"] += 1
                 continue
-            ok = math_verify_verdict(golds_of(int(i)), resp, timeout=timeout)
+            idx.append(int(i))
+            tasks.append(("verdict", (golds_of(int(i)), resp, mv_t)))
+        for i, (status, value) in zip(idx, _fallback_run(tasks, stats, "fallback")):
+            ok = status == "ok" and bool(value)
             stats["fallback_used"] += 1
             stats["fallback_true"] += int(ok)
             verdicts[i] = ok
@@ -166,16 +156,23 @@ def _resolve(codes: np.ndarray, golds_of, responses_of, fallback: bool, pre: Opt
 
 def _set_stats(stats: dict) -> None:
     global _last_stats
+    _thread_stats.value = dict(stats)
     with _stats_lock:
         _last_stats = dict(stats)
 
 
 def last_stats() -> dict:
-    """How the last verify / verify_batch / pass_rates call reached its verdicts:
-    ``n`` pairs, ``decided`` in C++, ``unknown`` (undecided in C++), ``fallback_used`` (sent to
-    math-verify), ``fallback_true``, ``fallback_skipped_long``, ``limit`` (judged wrong by a work
-    limit), ``golds_resolved`` (distinct golds the C++ side could not read that math-verify parsed
-    once, to a number or a string, so their pairs were decided in C++)."""
+    """How the calling thread's last verify / verify_batch / pass_rates call reached its verdicts
+    (a thread that has made none sees the last call of any thread): ``n`` pairs, ``decided`` in
+    C++, ``unknown`` (undecided in C++), ``fallback_used`` (sent to math-verify),
+    ``fallback_true``, ``fallback_timeout`` (killed at the deadline, counted wrong),
+    ``fallback_failed`` (the worker crashed or math-verify raised, counted wrong),
+    ``fallback_skipped_long``, ``limit`` (judged wrong by a work limit), ``golds_resolved``
+    (distinct golds the C++ side could not read that math-verify parsed once, to a number or a
+    string, so their pairs were decided in C++), ``gold_timeout`` / ``gold_failed``."""
+    mine = getattr(_thread_stats, "value", None)
+    if mine is not None:
+        return dict(mine)
     with _stats_lock:
         return dict(_last_stats)
 
@@ -234,16 +231,16 @@ def pass_rates(golds: Sequence[str], responses: Sequence[Sequence[str]], num_thr
 def extract_answer(response: str) -> Optional[str]:
     """The final answer ``response`` gives, as normalised LaTeX (``None`` when there is none).
 
-    When the C++ extractor cannot decide, math-verify's parse is used."""
+    When the C++ extractor cannot decide, math-verify's parse is used (in the fallback pool, so
+    bounded by its deadline; None on a timeout)."""
     status, out = _ext().extract_answer(response)
     if status in (1, 2):
         return out.decode("utf-8", errors="replace")
     if status == 3:
-        from math_verify import parse
-
-        try:
-            got = parse(_as_str(response, "response"), parsing_timeout=None)
-        except Exception:  # noqa: BLE001
+        text = _as_str(response, "response")
+        if len(text) > FALLBACK_MAX_CHARS:
             return None
-        return str(got[-1]) if got else None
+        pool = scoring_pool.get_pool()
+        (st_, value), = pool.run([("extract", (text, pool.config.mv_timeout_s))])
+        return value if st_ == "ok" else None
     return None
