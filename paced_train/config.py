@@ -616,12 +616,26 @@ def save_config(cfg: RunConfig, path: Path) -> None:
 
 
 # keys that do not change a run's numbers: excluded from the run hash and the resume check
-VOLATILE_KEYS = ("output_dir", "name", "overwrite", "config_path", "logging", "num_threads")
+# (dotted keys name a field of a section: where the expert API is served and how it is asked do not
+# change the solutions the run trains on, which live in a file of their own)
+VOLATILE_KEYS = ("output_dir", "name", "overwrite", "config_path", "logging", "num_threads",
+                 "expert.base_url", "expert.api_key_env", "expert.concurrency", "expert.timeout",
+                 "expert.max_retries")
+
+
+def without_volatile_keys(d: dict) -> dict:
+    """A config dict (``config_to_dict``) without VOLATILE_KEYS, nested sections copied."""
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in d.items()}
+    for key in VOLATILE_KEYS:
+        section, _, field = key.partition(".")
+        if not field:
+            out.pop(section, None)
+        elif isinstance(out.get(section), dict):
+            out[section].pop(field, None)
+    return out
 
 
 def config_hash(cfg: RunConfig) -> str:
     """Short hash of everything that changes a run's numbers (names the default run dir)."""
-    d = config_to_dict(cfg)
-    for k in VOLATILE_KEYS:
-        d.pop(k, None)
+    d = without_volatile_keys(config_to_dict(cfg))
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:8]

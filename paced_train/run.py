@@ -17,7 +17,7 @@ from typing import Optional
 
 import yaml
 
-from .config import (RunConfig, VOLATILE_KEYS, config_hash, config_to_dict, default_config_path, load_config,
+from .config import (RunConfig, config_hash, config_to_dict, default_config_path, load_config, without_volatile_keys,
                      save_config)
 from .logging_utils import RunLogger, is_main_process
 
@@ -34,9 +34,9 @@ def _check_resume(cfg: RunConfig, run_dir: Path) -> None:
     saved = run_dir / "config.yaml"
     if not saved.exists():
         return
-    old = yaml.safe_load(saved.read_text()) or {}
-    new = config_to_dict(cfg)
-    diffs = sorted(k for k in set(old) | set(new) if k not in VOLATILE_KEYS and old.get(k) != new.get(k))
+    old = without_volatile_keys(yaml.safe_load(saved.read_text()) or {})
+    new = without_volatile_keys(config_to_dict(cfg))
+    diffs = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     if diffs:
         raise ValueError(f"run directory {run_dir} holds a run with different settings (sections: "
                          f"{', '.join(diffs)}); pass overwrite=true to start it afresh or name=... for a new run")

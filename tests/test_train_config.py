@@ -112,6 +112,22 @@ def test_round_trip_and_run_dir_hash(tmp_path):
     assert config_hash(build("distill.lr=1e-4")) != config_hash(build("distill.lr=1e-5"))
     assert config_hash(build("output_dir=a", "logging.progress=false")) == config_hash(build("output_dir=b"))
     assert resolve_run_dir(build("output_dir=/x", "name=myrun")) == Path("/x/myrun")
+    # where the expert API is served does not count; which model answers does
+    e = ("expert.model=m", "expert.base_url=http://localhost:8000/v1")
+    assert config_hash(build(*e)) == config_hash(build("expert.model=m", "expert.base_url=http://h:9/v1",
+                                                       "expert.concurrency=3"))
+    assert config_hash(build(*e)) != config_hash(build("expert.model=other", e[1]))
+
+
+def test_resume_ignores_where_the_expert_api_is_served(tmp_path):
+    from paced_train.config import save_config
+    from paced_train.run import _check_resume
+
+    first = build("expert.model=m", "expert.base_url=http://localhost:8000/v1")
+    save_config(first, tmp_path / "config.yaml")
+    _check_resume(build("expert.model=m", "expert.base_url=http://localhost:8001/v1"), tmp_path)
+    with pytest.raises(ValueError, match="sections: expert"):
+        _check_resume(build("expert.model=n", "expert.base_url=http://localhost:8000/v1"), tmp_path)
 
 
 def test_cli_print_config_and_errors(capsys):
