@@ -413,20 +413,45 @@ print(json.dumps(out))
 """
 
 
+def _ran_kernels() -> list:
+    """n_regs / n_spills of the row-kernel variants that actually ran (Triton's per-device JIT cache)."""
+    from paced_kernels.linear_kl_rows import _kl_rows_kernel
+
+    out = []
+    for entry in getattr(_kl_rows_kernel, "device_caches", {}).values():
+        kernel_cache = entry[0]  # first item in Triton 3.x: {specialisation key: CompiledKernel}
+        for compiled in kernel_cache.values():
+            if hasattr(compiled, "_init_handles"):
+                compiled._init_handles()
+            meta = compiled.metadata
+            out.append(dict(registers=getattr(compiled, "n_regs", None), spills=getattr(compiled, "n_spills", None),
+                            num_warps=getattr(meta, "num_warps", None), shared_bytes=getattr(meta, "shared", None)))
+    return out
+
+
 def section_registers(device, cfg) -> dict:
-    """Registers/spills of the bf16 row kernel as the runtime specialises it (own process: no interpreter)."""
+    """Registers/spills of the bf16 row kernel: compiled as the runtime specialises it at the qwen3
+    vocabulary (own process: no interpreter), and on a GPU also read off the variants that ran."""
     arch = 90
+    out = {}
     if device.type == "cuda":
         major, minor = torch.cuda.get_device_capability(device)
         arch = 10 * major + minor
+        out["ran"] = _ran_kernels()
     env = {k: val for k, val in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    proc = subprocess.run([sys.executable, "-c", _REG_SCRIPT, str(SHAPES["gpu"]["main"][3]), "512", str(arch)], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=300)
-    if proc.returncode != 0:
-        raise RuntimeError(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "compile failed")
-    kernels = json.loads(proc.stdout.strip().splitlines()[-1])
-    return {"arch": arch, "kernels": kernels, "pass": all(k.get("spill_bytes", 1) == 0 for k in kernels)}
+    proc = subprocess.run([sys.executable, "-c", _REG_SCRIPT, str(SHAPES["gpu"]["main"][3]), "512", str(arch)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    out["arch"] = arch
+    if proc.returncode == 0:
+        out["compiled"] = json.loads(proc.stdout.strip().splitlines()[-1])
+    else:
+        out["compile_error"] = (proc.stderr.strip().splitlines() or ["compile failed"])[-1][:300]
+    if "compiled" not in out and not out.get("ran"):
+        raise RuntimeError(out.get("compile_error", "no kernel information"))
+    spills = [k.get("spill_bytes") for k in out.get("compiled", [])] + [k.get("spills") for k in out.get("ran", [])]
+    out["pass"] = all(x == 0 for x in spills if x is not None)
+    return out
 
 
 def section_determinism(device, cfg) -> dict:
