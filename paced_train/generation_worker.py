@@ -33,7 +33,7 @@ from typing import Optional, Sequence
 
 from .logging_utils import get_rank, get_world_size
 
-__all__ = ["WorkerEngine", "GenerationWorkerError", "worker_env", "group_gpus", "main"]
+__all__ = ["WorkerEngine", "GenerationWorkerError", "worker_env", "group_gpus", "clear_answers", "main"]
 
 # torchrun / elastic variables a worker must not inherit (vLLM would think it is one rank of a world)
 _LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
@@ -123,6 +123,8 @@ class WorkerEngine:
                 shutil.rmtree(self.work_dir)
             self.work_dir.mkdir(parents=True)
         parallel.barrier()  # every rank arrives here at the same point of the schedule
+        if self.rank == 0:  # every rank is past the earlier phases: their answers are read
+            clear_answers(self.work_dir.parent)
         self.gdir = self.work_dir / f"group_{self.group}"
         if self.lead:
             self.gdir.mkdir(parents=True, exist_ok=True)
@@ -224,12 +226,23 @@ class WorkerEngine:
                 self.proc.kill()
                 self.proc.wait()
             self._logf.close()
-            for f in self.gdir.glob("*.parquet"):
-                f.unlink()
+            # the answers stay until every rank has read them (clear_answers at the next phase / run end)
             _write_atomic(self.gdir / "exited", str(self.proc.returncode))
         else:  # the group's other ranks share the lead's GPUs: wait until its worker is gone
             while not (self.gdir / "exited").exists():
                 time.sleep(self.poll_s)
+
+
+def clear_answers(root) -> int:
+    """Delete the request/answer files of the finished phases under ``root`` (``run_dir/generation``);
+    call on one rank once every rank has read them (after a barrier). Returns how many were removed.
+    Logs, ``exited`` markers and ``failed.json`` stay for post-mortems."""
+    n = 0
+    for f in Path(root).glob("*/group_*/*.parquet"):
+        if (f.parent / "exited").exists():
+            f.unlink(missing_ok=True)
+            n += 1
+    return n
 
 
 # ===================================================================== the worker side

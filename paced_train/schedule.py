@@ -594,6 +594,9 @@ class Pipeline:
         if is_main_process():
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         barrier()
+        if is_main_process() and (self.run_dir / "generation").is_dir():  # every rank has read its answers
+            from .generation_worker import clear_answers
+            clear_answers(self.run_dir / "generation")
         return summary
 
 

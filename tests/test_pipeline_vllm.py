@@ -74,6 +74,9 @@ def test_two_stage_schedule_on_vllm_completes_in_one_process_and_on_two_ranks_al
         for ph in PHASES:
             assert sorted(p.name for p in (run_dir / "generation" / ph).iterdir()) == ["group_0"]
             assert (run_dir / "generation" / ph / "group_0" / "exited").read_text() == "0"
+            assert (run_dir / "generation" / ph / "group_0" / "worker.log").is_file()
+        # the request/answer files are gone once every rank has read them; logs stay
+        assert not list((run_dir / "generation").glob("*/group_*/*.parquet"))
     # the same samples, references, evaluations and losses on two ranks as in one process
     for rel in ("pass_rates/00_before_0_fkl/rollouts.parquet", "reference/reference.parquet",
                 "pass_rates/01_before_1_rkl/rollouts.parquet"):
