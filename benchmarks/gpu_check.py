@@ -47,6 +47,7 @@ SHAPES = {
     "smoke": dict(main=(160, 32, 48, 1000), timed=(64, 32, 48, 512), ragged=(37, 20, 24, 301), sample=16,
                   timing_repeats=3, warmups=1, dtype="bfloat16"),
 }
+BF16_EPS = 2.0**-7  # accuracy bound (relative Frobenius) for outputs not rounded once per chunk
 TARGETS = dict(speed_vs_liger=1.3, workspace_vs_liger=0.25, gemm_fraction=0.7)
 
 if __name__ == "__main__" and "--smoke" in sys.argv:
@@ -240,13 +241,16 @@ def section_accuracy(device, cfg, smoke) -> dict:
             res["mean_kl"] = float(kl64.mean())
             res["mean_top_prob_student"] = float(torch.softmax(hr.double() @ w_s.double().T, -1).amax(-1).mean())
             plain = res["plain_bf16"]
-            # pass: every output finite, and no worse than plain bf16 PyTorch (relative Frobenius
-            # error; the fp32-accumulator grad_W also in the max)
+            # pass: every output finite; no worse than plain bf16 PyTorch (relative Frobenius error;
+            # the fp32-accumulator grad_W also in the max); and within one bf16 epsilon (2^-7) of the
+            # truth, except grad_W through the bf16 accumulator (rounded once per chunk)
             checks = {}
             for name in ours:
                 r = res[name]
+                bounded = ("kl", "grad_h") if name == "triton" else ("kl", "grad_h", "grad_w")
                 checks[name] = r["all_finite"] and all(
-                    r[q]["fro_rel"] <= plain[q]["fro_rel"] for q in ("kl", "grad_h", "grad_w"))
+                    r[q]["fro_rel"] <= plain[q]["fro_rel"] for q in ("kl", "grad_h", "grad_w")) and all(
+                    r[q]["fro_rel"] <= BF16_EPS for q in bounded)
             checks["triton_fp32_grad_w_max"] = res["triton_fp32_grad_w"]["grad_w"]["max_rel"] <= plain["grad_w"]["max_rel"]
             res["pass"] = checks
             out[key] = res
@@ -278,7 +282,9 @@ def section_ragged(device, cfg) -> dict:
             kl, gh, gw = fn(h_s, w_s, h_t, w_t, c, direction, 1.0)
             res[name] = dict(kl=errors(kl, kl64.detach()), grad_h=errors(gh, gh64), grad_w=errors(gw, gw64))
         res["pass"] = {name: all(res[name][q]["finite"] and res[name][q]["fro_rel"] <= res["plain_bf16"][q]["fro_rel"]
-                                 for q in ("kl", "grad_h", "grad_w")) for name in ("triton", "torch")}
+                                 for q in ("kl", "grad_h", "grad_w"))
+                       and all(res[name][q]["fro_rel"] <= BF16_EPS for q in ("kl", "grad_h"))
+                       for name in ("triton", "torch")}
         out[direction] = res
     return dict(shape=dict(n=n, hs=hs, ht=ht, vocab=v), **out)
 
