@@ -45,13 +45,15 @@ DEFAULT_PEER = "liger-chunked-compiled-c1024"  # LigerFusedLinearJSDLoss() as co
 PRESETS = {
     # threads=1: the 2 cores here are shared with other jobs; one thread per process makes CPU time
     # a count of each method's own work (no OpenMP spin-waits), and wall time close to it when idle
-    "cpu": dict(n=[2048], hs=512, ht=512, vocab=32768, dtype="float32", repeats=3, threads=1,
-                directions=["forward", "reverse"], impls=["reference", "torch", *CHUNKED_PEERS]),
+    # rounds=3: the variants run round-robin, so a change in the machine's load hits all of them
+    "cpu": dict(n=[2048], hs=512, ht=512, vocab=32768, dtype="float32", repeats=3, threads=1, rounds=3,
+                directions=["forward", "reverse"], impls=["reference", "torch", "torch-128mb", *CHUNKED_PEERS]),
     "qwen3": dict(n=[2048, 4096, 8192, 16384], hs=4096, ht=5120, vocab=151936, dtype="bfloat16", repeats=5,
-                  directions=["forward", "reverse"], threads=None,
+                  directions=["forward", "reverse"], threads=None, rounds=1,
                   impls=["torch", "triton", "liger-jsd", "liger-chunked-compiled-c1024"]),
 }
 _CHUNKED = re.compile(r"^liger-chunked-(compiled|eager)-c(\d+)$")
+_TORCH_BUDGET = re.compile(r"^torch-(\d+)mb$")  # the torch backend with PACED_KL_CHUNK_MB set
 
 
 def describe_impl(impl: str) -> str:
@@ -62,6 +64,9 @@ def describe_impl(impl: str) -> str:
                 f"weight_soft_loss=1.0, compiled={m[1] == 'compiled'}, chunk_size={m[2]}, temperature=1.0)")
     if impl == "liger-jsd":
         return "liger_kernel.transformers.fused_linear_jsd.LigerFusedLinearJSD(jsd_beta=0 forward | 1 reverse)"
+    m = _TORCH_BUDGET.match(impl)
+    if m:
+        return f"paced_kernels.fused_linear_kl(backend='torch', reduction='mean') with PACED_KL_CHUNK_MB={m[1]}"
     return f"paced_kernels.fused_linear_kl(backend={impl!r}, reduction='mean')"
 
 
@@ -109,7 +114,9 @@ def make_loss_fn(impl: str, direction: str):
         return lambda sh, sw, th, tw: module(sh, sw, th, tw, None)
     from paced_kernels import fused_linear_kl
 
-    return lambda sh, sw, th, tw: fused_linear_kl(sh, sw, th, tw, direction=direction, reduction="mean", backend=impl)
+    backend = "torch" if _TORCH_BUDGET.match(impl) else impl
+    return lambda sh, sw, th, tw: fused_linear_kl(sh, sw, th, tw, direction=direction, reduction="mean",
+                                                  backend=backend)
 
 
 def make_inputs(n, hs, ht, vocab, dtype, device, seed=0):
@@ -206,6 +213,9 @@ def run_point(impl: str, direction: str, n: int, args) -> dict:
     # large blocks straight from mmap, returned on free: peak RSS then tracks live memory rather
     # than glibc heap high-water marks (same setting for every implementation)
     env.setdefault("MALLOC_MMAP_THRESHOLD_", "131072")
+    m = _TORCH_BUDGET.match(impl)
+    if m:
+        env["PACED_KL_CHUNK_MB"] = m[1]
     if args.device == "cpu" and impl in ("liger-jsd", "triton"):
         env["TRITON_INTERPRET"] = "1"  # the only way Triton code runs on a CPU
     try:
@@ -216,6 +226,23 @@ def run_point(impl: str, direction: str, n: int, args) -> dict:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["?"]
         return dict(impl=impl, direction=direction, n=n, error=tail[0][:200])
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def combine_rounds(parts: list) -> dict:
+    """One row per (N, direction, impl): medians over rounds of each round's (per-process) medians."""
+    ok = [p for p in parts if "error" not in p]
+    if not ok:
+        return parts[-1]
+    row = dict(ok[0])
+    for key in ("seconds", "cpu_seconds_median", "peak_extra_mb", "workspace_mb"):
+        row[key] = statistics.median(p[key] for p in ok)
+    row["tokens_per_s"] = row["n"] / row["seconds"]
+    row["seconds_all"] = [t for p in ok for t in p["seconds_all"]]
+    row["rounds"] = [dict(seconds=p["seconds"], cpu_seconds=p["cpu_seconds_median"], peak_extra_mb=p["peak_extra_mb"])
+                     for p in ok]
+    if len(ok) < len(parts):
+        row["failed_rounds"] = [p["error"] for p in parts if "error" in p]
+    return row
 
 
 def add_ratios(rows, peer: str) -> None:
@@ -311,6 +338,7 @@ def main(argv=None):
     ap.add_argument("--peer", default=DEFAULT_PEER, help="implementation the ratios are taken against")
     ap.add_argument("--repeats", type=int, help="timed runs per point (median), >= 3 for published numbers")
     ap.add_argument("--device", choices=["cpu", "cuda"])
+    ap.add_argument("--rounds", type=int, help="round-robin passes over all variants (CPU preset: 3)")
     ap.add_argument("--threads", type=int, help="torch/OpenMP threads per process (CPU preset: 1)")
     ap.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parent / "results")
     ap.add_argument("--tag", default=None, help="suffix of the output files (default: preset and device)")
@@ -331,28 +359,33 @@ def main(argv=None):
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     preset_name = args.preset or ("qwen3" if args.device == "cuda" else "cpu")
     preset = PRESETS[preset_name]
-    for key in ("n", "hs", "ht", "vocab", "dtype", "repeats", "impls", "directions", "threads"):
+    for key in ("n", "hs", "ht", "vocab", "dtype", "repeats", "impls", "directions", "threads", "rounds"):
         if getattr(args, key) is None:
             setattr(args, key, preset[key])
     for impl in args.impls:
-        if impl not in ("reference", "torch", "triton", "liger-jsd") and not _CHUNKED.match(impl):
+        if impl not in ("reference", "torch", "triton", "liger-jsd") and not (_CHUNKED.match(impl)
+                                                                             or _TORCH_BUDGET.match(impl)):
             ap.error(f"--impls: unknown implementation {impl!r}")
     started = time.perf_counter()
     load_before = os.getloadavg()
     gemm = gemm_tflops(args.device, args.dtype)
-    rows = []
-    for n in args.n:
-        for direction in args.directions:
-            for impl in args.impls:
-                row = run_point(impl, direction, n, args)
-                if "error" not in row:
-                    row["tflops"] = min_flops(n, args.hs, args.ht, args.vocab) / row["seconds"] / 1e12
-                    if gemm:
-                        row["gemm_fraction"] = row["tflops"] / gemm["512x4096x151936"]
-                rows.append(row)
-                print(f"  {impl:>28} {direction:>8} N={n:<6} " + (
-                    f"{row['seconds']:.2f} s, peak extra {row['peak_extra_mb']:.0f} MB, workspace "
-                    f"{row['workspace_mb']:.0f} MB" if "error" not in row else row["error"]), flush=True)
+    runs: dict = {}
+    for rnd in range(max(1, args.rounds)):
+        for n in args.n:
+            for direction in args.directions:
+                for impl in args.impls:
+                    row = run_point(impl, direction, n, args)
+                    runs.setdefault((n, direction, impl), []).append(row)
+                    print(f"  round {rnd + 1} {impl:>28} {direction:>8} N={n:<6} " + (
+                        f"{row['seconds']:.2f} s (cpu {row['cpu_seconds_median']:.2f} s), peak extra "
+                        f"{row['peak_extra_mb']:.0f} MB, workspace {row['workspace_mb']:.0f} MB"
+                        if "error" not in row else row["error"]), flush=True)
+    rows = [combine_rounds(parts) for parts in runs.values()]
+    for row in rows:
+        if "error" not in row:
+            row["tflops"] = min_flops(row["n"], args.hs, args.ht, args.vocab) / row["seconds"] / 1e12
+            if gemm:
+                row["gemm_fraction"] = row["tflops"] / gemm["512x4096x151936"]
     add_ratios(rows, args.peer)
     print_table(rows, args.peer)
     tag = args.tag or (preset_name if preset_name == args.device else f"{preset_name}_{args.device}")
@@ -360,10 +393,11 @@ def main(argv=None):
     meta = dict(
         device=device_name(args.device), torch=torch.__version__, python=platform.python_version(),
         hs=args.hs, ht=args.ht, vocab=args.vocab, dtype=args.dtype, directions=args.directions,
-        repeats=args.repeats, threads=args.threads, gemm_tflops=gemm, peer=args.peer,
+        repeats=args.repeats, rounds=args.rounds, threads=args.threads, gemm_tflops=gemm, peer=args.peer,
         implementations={impl: describe_impl(impl) for impl in args.impls},
         method=("each point in its own process: one untimed warm-up at the real shape, then `repeats` timed "
-                "forward+backward runs, median wall time and median process CPU time (cpu_seconds_median); "
+                "forward+backward runs, median wall time and median process CPU time (cpu_seconds_median); with "
+                "rounds > 1 every variant runs once per round (round-robin) and the row holds the median over rounds; "
                 "on a shared CPU, CPU time with threads=1 is the comparable measure of each method's work"),
         memory=("peak_extra_mb: CPU peak RSS (VmHWM, reset after warm-up) above the RSS with inputs alive, "
                 "MALLOC_MMAP_THRESHOLD_=131072 for every implementation; CUDA max_memory_allocated above inputs. "
