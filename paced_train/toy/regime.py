@@ -142,13 +142,15 @@ def regime_splits(n_train: int = 1024, n_eval: int = 2000, n_mc: int = 2000,
     return {"train": train, "eval": eval_, "mc": mc}
 
 
-def pretrain_stream(seed: int, exclude: set, share_d: float, share_mc: float):
-    """Endless pretraining problems (no prompt of ``exclude``)."""
+def pretrain_stream(seed: int, exclude: set, share_d: float, share_mc: float, chain_max: int = 6):
+    """Endless pretraining problems (no prompt of ``exclude``); chains of difficulty 2..chain_max."""
+    if not 2 <= chain_max <= 6:
+        raise ValueError(f"chain_max must be in 2..6, got {chain_max}")
     rng = random.Random(f"regime-pretrain-{seed}")
     while True:
         u = rng.random()
         kind = "M" if u < share_mc else "D" if u < share_mc + share_d else "C"
-        rec = _draw(rng, kind)
+        rec = make_chain(rng, rng.randint(2, chain_max)) if kind == "C" else _draw(rng, kind)
         if tuple(rec["prompt"]) not in exclude:
             yield rec
 
@@ -349,6 +351,7 @@ class PretrainBudget:
     share_d: float = 0.3
     share_mc: float = 0.05
     seed: int = 0
+    chain_max: int = 6        # longest chain in the pretraining stream (longer ones: the frontier)
 
 
 def pretrain(budget: PretrainBudget, exclude: set, spec: StudentSpec = StudentSpec(), log_every: int = 250):
@@ -356,7 +359,7 @@ def pretrain(budget: PretrainBudget, exclude: set, spec: StudentSpec = StudentSp
     torch.manual_seed(budget.seed)
     model = GRUStudent(spec)
     opt = torch.optim.AdamW(model.parameters(), lr=budget.lr, weight_decay=0.01)
-    stream = pretrain_stream(budget.seed, exclude, budget.share_d, budget.share_mc)
+    stream = pretrain_stream(budget.seed, exclude, budget.share_d, budget.share_mc, budget.chain_max)
     rng = random.Random(f"regime-pretrain-ref-{budget.seed}")
     losses = []
     for step in range(budget.steps):
@@ -401,13 +404,15 @@ def main(argv=None):
     ap.add_argument("--share-d", type=float, default=PretrainBudget.share_d)
     ap.add_argument("--batch", type=int, default=PretrainBudget.batch)
     ap.add_argument("--lr", type=float, default=PretrainBudget.lr)
+    ap.add_argument("--chain-max", type=int, default=PretrainBudget.chain_max)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     t0 = time.time()
     splits = regime_splits(n_eval=4000)
     exclude = {tuple(r["prompt"]) for s in splits.values() for r in s}
-    budget = PretrainBudget(steps=args.steps, batch=args.batch, lr=args.lr, share_mc=args.share_mc, share_d=args.share_d, seed=args.seed)
+    budget = PretrainBudget(steps=args.steps, batch=args.batch, lr=args.lr, share_mc=args.share_mc, share_d=args.share_d, seed=args.seed,
+                            chain_max=args.chain_max)
     model, losses = pretrain(budget, exclude)
     t_train = time.time() - t0
     report = {"budget": asdict(budget), "spec": asdict(model.spec),
