@@ -69,6 +69,7 @@ CURRICULUM_METHODS = ("paced_fkl", "uniform_fkl")
 @dataclass
 class StudyConfig:
     steps: int = 200
+    epochs: float = 0.0       # > 0: each stage runs ceil(epochs * loaded / batch) steps instead of steps
     batch: int = 32
     lr: float = 1e-3
     weight_decay: float = 0.01
@@ -208,6 +209,10 @@ def run_one(world: World, name: str, seed: int) -> dict:
         if not loaded:
             raise RuntimeError(f"{name} seed {seed} stage {si}: every weight is 0")
         mean_w = statistics.fmean(w[i] for i in loaded)
+        if cfg.epochs > 0:  # the paper's budget: epochs over the loaded problems, not a step count
+            n_steps = math.ceil(cfg.epochs * len(loaded) / cfg.batch)
+            if si == 0 and track and len(meth.stages) == 1:
+                checkpoints = {round(n_steps * f) for f in (0.25, 0.5, 0.75)} - {0}
         out["stages"].append({"loss": st.loss, "scheme": st.scheme, "alpha": st.alpha, "beta": st.beta,
                               "k": meth.k, "loaded": len(loaded), "steps": n_steps,
                               "pass_rates": curriculum(rates, step)})
@@ -246,6 +251,7 @@ def run_one(world: World, name: str, seed: int) -> dict:
                 out["curriculum"].append(curriculum(ck, step))
         out["stages"][-1]["loss_first_last"] = [statistics.fmean(losses[:10]), statistics.fmean(losses[-10:])]
     model.eval()
+    out["steps"] = step
     final, _ = R.pass_rates(model, train, cfg.curriculum_k, torch.Generator().manual_seed(40_000 + seed))
     out["curriculum"].append(curriculum(final, step))
     out.update(world.evaluate(model, seed))
@@ -299,6 +305,30 @@ def snr_study(world: World, seed: int = 0) -> dict:
             variances.append(var)
         result[kind] = bin_by_pass_rate(rates, snrs, signals, variances, cfg.snr_k)
     return {"seed": seed, "n_problems": len(recs), "k": cfg.snr_k, "bins": result}
+
+
+def zone_composition(world: World, seeds: list[int]) -> dict:
+    """Where the pass-rate weights go: per K, the share of each problem kind among the loaded
+    problems (0 < p < 1) and in the p(1-p) weight mass, and the loaded count (mean over seeds)."""
+    kind = [f"{r['type']}{r['difficulty'] if r['type'] == 'D' else ''}" for r in world.splits["train"]]
+    out: dict = {}
+    for k in sorted({m.k for m in METHODS.values()}):
+        rows = []
+        for s in seeds:
+            path = world.work / f"seed{s}" / f"pass_rates_k{k}.json"
+            if not path.exists():
+                continue
+            p = json.loads(path.read_text())
+            zone = [i for i, x in enumerate(p) if 0 < x < 1]
+            mass = sum(p[i] * (1 - p[i]) for i in zone) or 1.0
+            rows.append({"loaded": len(zone), **{f"zone_{c}": sum(kind[i] == c for i in zone) / max(len(zone), 1)
+                                                 for c in sorted(set(kind))},
+                         **{f"mass_{c}": sum(p[i] * (1 - p[i]) for i in zone if kind[i] == c) / mass
+                            for c in sorted(set(kind))}})
+        if rows:
+            out[f"k{k}"] = {key: statistics.fmean(r[key] for r in rows) for key in rows[0]}
+    out["train_share"] = {c: kind.count(c) / len(kind) for c in sorted(set(kind))}
+    return out
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -440,7 +470,8 @@ def report(payload: dict) -> None:
     M, P = agg["methods"], agg["pairs"]
     cfg = payload["config"]
     t = Table(title=f"Method comparison (Tables 2-5): held-out mean@{cfg['eval_k']} on {cfg['n_eval']} problems, "
-                    f"MC on {cfg['n_mc']}; {cfg['steps']} steps; deltas vs uniform FKL paired over seeds, 95% t interval")
+                    f"MC on {cfg['n_mc']}; "
+                    f"{(str(cfg.get('epochs')) + ' epoch(s) per stage over the loaded problems') if cfg.get('epochs') else (str(cfg['steps']) + ' steps')}; deltas vs uniform FKL paired over seeds, 95% t interval")
     for c in ("method", "seeds", "held-out", "chain", "product", "Δ vs uniform (points)", "MC", "forgetting",
               "Δ forgetting vs uniform"):
         t.add_column(c, justify="right")
@@ -491,6 +522,18 @@ def report(payload: dict) -> None:
             f = lambda x: "-" if x is None else f"{x:.2f}"  # noqa: E731
             t.add_row(f"{b['pass_rate']:.3f}", str(b["n"]), f(b["snr_pooled_scaled"]), f(r.get("snr_pooled_scaled")),
                       f(b["mean_grad_norm_scaled"]), f(b["p_times_1_minus_p_scaled"]))
+        con.print(t)
+    zc = agg.get("zone_composition")
+    if zc:
+        kinds = sorted(zc["train_share"])
+        t = Table(title="Where the weights go: share of each kind in the training set, among loaded problems "
+                        "(0 < p < 1) and in the p(1-p) mass (mean over seeds)")
+        for c in ("", "loaded", *kinds):
+            t.add_column(c, justify="right")
+        t.add_row("train set", str(cfg["n_train"]), *(f"{100 * zc['train_share'][c]:.0f}%" for c in kinds))
+        for k in [x for x in zc if x.startswith("k")]:
+            t.add_row(f"K={k[1:]} loaded", f"{zc[k]['loaded']:.0f}", *(f"{100 * zc[k]['zone_' + c]:.0f}%" for c in kinds))
+            t.add_row(f"K={k[1:]} p(1-p) mass", "", *(f"{100 * zc[k]['mass_' + c]:.0f}%" for c in kinds))
         con.print(t)
     t = Table(title="Claims (protocol section 7)")
     t.add_column("claim")
@@ -565,6 +608,8 @@ def main(argv=None):
     ap.add_argument("--seeds", type=int, nargs="+", default=list(range(8)))
     ap.add_argument("--methods", nargs="+", choices=["base", *METHODS], default=["base", *METHODS])
     ap.add_argument("--steps", type=int, default=StudyConfig.steps)
+    ap.add_argument("--epochs", type=float, default=0.0,
+                    help="> 0: every stage trains this many epochs over its loaded problems (the paper's budget)")
     ap.add_argument("--n-eval", type=int, default=StudyConfig.n_eval)
     ap.add_argument("--n-train", type=int, default=StudyConfig.n_train)
     ap.add_argument("--n-mc", type=int, default=StudyConfig.n_mc)
@@ -584,12 +629,15 @@ def main(argv=None):
         if getattr(args, key) < 1:
             raise ValueError(f"--{key.replace('_', '-')} must be >= 1, got {getattr(args, key)}")
     torch.set_num_threads(1)
-    cfg = StudyConfig(steps=args.steps, n_train=args.n_train, n_eval=args.n_eval, n_mc=args.n_mc,
+    if args.epochs < 0:
+        raise ValueError(f"--epochs must be >= 0, got {args.epochs}")
+    cfg = StudyConfig(steps=args.steps, epochs=args.epochs, n_train=args.n_train, n_eval=args.n_eval, n_mc=args.n_mc,
                       snr_problems=args.snr_problems, student=args.student)
     work = args.work_dir
     work.mkdir(parents=True, exist_ok=True)
     cfg_path = work / "config.json"
-    if cfg_path.exists() and json.loads(cfg_path.read_text()) != asdict(cfg):
+    # keys added to StudyConfig later read as their defaults in an older work directory
+    if cfg_path.exists() and {**asdict(StudyConfig()), **json.loads(cfg_path.read_text())} != asdict(cfg):
         raise ValueError(f"{work} holds runs of another configuration ({cfg_path}); use another --work-dir")
     cfg_path.write_text(json.dumps(asdict(cfg), indent=2))
     world = World(cfg, work)
@@ -614,6 +662,7 @@ def main(argv=None):
         snr = json.loads(snr_path.read_text())
     runs = load_runs(work)
     agg = aggregate(runs)
+    agg["zone_composition"] = zone_composition(world, sorted({s for v in runs.values() for s in v}))
     payload = {"config": asdict(cfg), "protocol": "benchmarks/paced_toy_protocol.md",
                "student_report": json.loads((Path(cfg.student) / "pretrain_report.json").read_text())
                if (Path(cfg.student) / "pretrain_report.json").exists() else None,
