@@ -181,7 +181,9 @@ def test_gradients_match_paced_train_distill_stage():
     assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
     ref_grads = dict(ref_student.named_parameters())
     for name, p in student.named_parameters():
-        torch.testing.assert_close(p.grad, ref_grads[name].grad, rtol=1e-4, atol=1e-7, msg=name)
+        # two float32 paths (their chunking differs): round-off scales with the tensor's largest entry
+        scale = float(ref_grads[name].grad.abs().max())
+        torch.testing.assert_close(p.grad, ref_grads[name].grad, rtol=1e-4, atol=1e-6 * scale, msg=name)
 
 
 def test_bad_inputs_raise_clear_errors():
