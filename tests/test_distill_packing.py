@@ -99,7 +99,16 @@ def test_varlen_sdpa_runs_each_sequence_alone_and_only_when_the_mask_is_block_ca
     # a mask that is not the block-diagonal causal one of the positions (here: plain causal) -> plain sdpa
     pos = collate_packed(prompts, responses).position_ids
     causal = torch.ones(pos.shape[1], pos.shape[1], dtype=torch.bool).tril()[None, None]
-    assert not real_check(causal, packed_attention.sequence_starts(pos), pos.shape[1])
+    starts = packed_attention.sequence_starts(pos)
+    assert not real_check(causal, starts, pos.shape[1])
+    seg = torch.zeros(pos.shape[1], dtype=torch.long)
+    seg[starts[1:]] = 1
+    seg = seg.cumsum(0)
+    block = (seg[:, None] == seg[None, :]) & causal[0, 0]
+    assert real_check(block[None, None], starts, pos.shape[1])
+    leak = block.clone()
+    leak[-1, 0] = True  # one extra True outside the diagonal blocks
+    assert not real_check(leak[None, None], starts, pos.shape[1])
 
 
 # --------------------------------------------------------------------------------------------
