@@ -248,3 +248,67 @@ _PIECES = list("0123456789+-*/^_{}()[]$\\,.=<> xyzeEI%!|&:;") + [
 def test_fuzz_verify_never_crashes(resp, gold):
     assert isinstance(scoring.verify(gold, resp, fallback=False), bool)
     assert isinstance(scoring.verify(resp[:40], resp, fallback=False), bool)
+
+
+def _corpus(n):
+    from test_scoring_corpus import make_corpus
+
+    pairs = make_corpus(n, seed=3)
+    return [g for g, _ in pairs], [r for _, r in pairs]
+
+
+def test_many_python_threads_equal_single_thread():
+    import threading
+
+    golds, resps = _corpus(1200)
+    ref = scoring.verify_batch(golds, resps, num_threads=1, fallback=False)
+    assert 0 < sum(ref) < len(ref)
+    per = [[r] * 4 for r in resps[:300]]
+    ref_p = scoring.pass_rates(golds[:300], per, num_threads=1, fallback=False)
+    out, errors = {}, []
+
+    def work(k):
+        try:
+            nt = 1 + k % 3
+            got = scoring.verify_batch(golds, resps, num_threads=nt, fallback=False)
+            p = scoring.pass_rates(golds[:300], per, num_threads=nt, fallback=False)
+            out[k] = (got, p, scoring.last_stats()["n"])
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(120)
+    assert not errors and len(out) == 8
+    for got, p, n in out.values():
+        assert got == ref
+        np.testing.assert_array_equal(p, ref_p)
+        assert n == 1200  # this thread's own last call (pass_rates over 300 x 4)
+
+
+def test_cpp_call_releases_the_gil():
+    # while one thread is inside the C++ call, another Python thread keeps running: it sees the
+    # first thread's frame parked on the verify_codes line many times (a call holding the GIL
+    # would let it look at most once per switch interval before the call, never during it)
+    import sys
+    import threading
+    import time
+
+    golds, resps = _corpus(2000)
+    golds, resps = golds * 20, resps * 20
+    line = next(i for i, s in enumerate(open(scoring.__file__).read().splitlines(), 1)
+                if "_ext().verify_codes(" in s)
+    th = threading.Thread(target=scoring.verify_batch, args=(golds, resps), kwargs={"num_threads": 1, "fallback": False})
+    th.start()
+    seen = 0
+    while th.is_alive():
+        f = sys._current_frames().get(th.ident)
+        while f is not None and f.f_code.co_name != "verify_batch":
+            f = f.f_back
+        if f is not None and f.f_lineno == line:
+            seen += 1
+        time.sleep(0.001)
+    th.join()
+    assert seen >= 20, seen
