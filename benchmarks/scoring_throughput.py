@@ -5,7 +5,11 @@ CHAMP dataset (PyPI `champ-dataset`: 270 competition problems, ~19k GPT-3.5/4/Pa
 math-verify is slow, so it runs on a random subsample (--mv-sample per source); agreement is
 measured on that subsample, speeds on the same inputs. "ours" speeds are the C++ verdicts (golds
 the C++ side cannot read are first parsed once each by math-verify, timed apart as
-gold_resolution_s); "e2e" is verify_batch with the math-verify fallback for undecided pairs.
+gold_resolution_s); "e2e" is verify_batch(num_threads=1) with the math-verify fallback for undecided
+pairs (run in the scorer's worker pool, default settings): "cold" is the first call (pool start-up
+and gold parsing included), "warm" a second call on the same pairs. The same call is also made
+from a worker thread, with adversarial pairs (math-verify hangs on them) appended, to show it
+returns in bounded time.
 
     python benchmarks/scoring_throughput.py [--mv-sample 1000] [--champ-limit 0]
 
@@ -14,17 +18,19 @@ Writes benchmarks/results/scoring_throughput.json and scoring_disagreements.json
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import random
 import sys
+import threading
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-from paced_kernels import scoring, _scorer  # noqa: E402
+from paced_kernels import scoring, scoring_pool, _scorer  # noqa: E402
 
 
 def champ_pairs(limit: int = 0):
@@ -50,6 +56,26 @@ def time_ours(golds, resps, threads, resolved=None):
     return time.perf_counter() - t, codes
 
 
+# undecided in C++ and endless for math-verify without a timeout (each costs one deadline)
+ADVERSARIAL = [("1", "So the answer is $\\boxed{(x+1)^{100000}}$."), ("2", "$\\boxed{\\lfloor (y+3)^{100000} \\rfloor}$"),
+               ("0", "$\\boxed{\\log_e (x+2)^{300000}}$")]
+
+
+def thread_call(golds, resps):
+    box = {}
+
+    def run():
+        t = time.perf_counter()
+        box["out"] = scoring.verify_batch(golds, resps, num_threads=1)
+        box["s"] = time.perf_counter() - t
+        box["stats"] = scoring.last_stats()
+
+    th = threading.Thread(target=run)
+    th.start()
+    th.join()
+    return box
+
+
 def bench(name, pairs, mv_sample, rng, out_dis):
     golds = [g for g, _ in pairs]
     resps = [r for _, r in pairs]
@@ -63,9 +89,16 @@ def bench(name, pairs, mv_sample, rng, out_dis):
     tall, _ = time_ours(golds, resps, None, resolved)
     unknown = int((codes == 2).sum())
     t = time.perf_counter()
-    ours_fb = scoring.verify_batch(golds, resps, fallback=True)
+    ours_fb = scoring.verify_batch(golds, resps, num_threads=1, fallback=True)
+    t_fb_cold = time.perf_counter() - t
+    t = time.perf_counter()
+    again = scoring.verify_batch(golds, resps, num_threads=1, fallback=True)
     t_fb = time.perf_counter() - t
     stats = scoring.last_stats()
+    assert again == ours_fb
+    adv_g, adv_r = [g for g, _ in ADVERSARIAL], [r for _, r in ADVERSARIAL]
+    th = thread_call(golds + adv_g, resps + adv_r)
+    assert th["out"][:n] == ours_fb
     idx = sorted(rng.sample(range(n), min(mv_sample, n)))
     t = time.perf_counter()
     ref = [scoring.math_verify_verdict(golds[i], resps[i], timeout=5) for i in idx]
@@ -84,9 +117,17 @@ def bench(name, pairs, mv_sample, rng, out_dis):
         "ours_all_threads_per_s": n / tall,
         "threads": os.cpu_count(),
         "ours_end_to_end_with_fallback_per_s": n / t_fb,
+        "ours_end_to_end_cold_per_s": n / t_fb_cold,
+        "end_to_end_cold_s": t_fb_cold,
+        "end_to_end_warm_s": t_fb,
+        "fallback_config": dataclasses.asdict(scoring_pool.get_pool().config) | {
+            "n_workers": scoring_pool.get_pool().config.n_workers},
+        "worker_thread_call": {"pairs": n + len(ADVERSARIAL), "adversarial_pairs": len(ADVERSARIAL),
+                               "seconds": th["s"], "stats": th["stats"]},
         "math_verify_per_s": mv_rate,
         "speedup_1thread_vs_math_verify": (n / t1) / mv_rate,
         "speedup_end_to_end_vs_math_verify": (n / t_fb) / mv_rate,
+        "speedup_end_to_end_cold_vs_math_verify": (n / t_fb_cold) / mv_rate,
         "distinct_golds": len(set(golds)),
         "golds_resolved_by_math_verify": pre.get("golds_resolved", 0),
         "gold_resolution_s": t_gold,
@@ -124,14 +165,20 @@ def main():
         for d in dis[:200]:
             f.write(json.dumps(d) + "\n")
     hdr = f"{'source':<12}{'pairs':>8}{'ours 1t/s':>12}{'ours all/s':>12}{'e2e/s':>10}{'mv/s':>8}{'x (1t)':>8}" \
-          f"{'x (e2e)':>9}{'undecided':>11}{'agree':>8}{'agree C++':>10}"
+          f"{'x (e2e)':>9}{'x cold':>8}{'undecided':>11}{'agree':>8}{'agree C++':>10}"
     print(hdr)
     print("-" * len(hdr))
     for k, r in results.items():
         print(f"{k:<12}{r['pairs']:>8}{r['ours_1thread_per_s']:>12.0f}{r['ours_all_threads_per_s']:>12.0f}"
               f"{r['ours_end_to_end_with_fallback_per_s']:>10.0f}{r['math_verify_per_s']:>8.0f}"
               f"{r['speedup_1thread_vs_math_verify']:>8.0f}{r['speedup_end_to_end_vs_math_verify']:>9.1f}"
+              f"{r['speedup_end_to_end_cold_vs_math_verify']:>8.1f}"
               f"{r['undecided_share']:>10.2%}{r['agreement_with_fallback']:>8.2%}{r['agreement_cpp_decided']:>10.2%}")
+    for k, r in results.items():
+        w = r["worker_thread_call"]
+        print(f"{k}: worker-thread call on {w['pairs']} pairs ({w['adversarial_pairs']} adversarial) took "
+              f"{w['seconds']:.1f} s; fallback {w['stats']['fallback_used']} pairs, "
+              f"{w['stats']['fallback_timeout']} past the {r['fallback_config']['deadline_s']:g} s deadline")
     print(f"\nwrote {out / 'scoring_throughput.json'} and {len(dis)} disagreement(s) to {out / 'scoring_disagreements.jsonl'}")
 
 
