@@ -26,7 +26,7 @@ from multiprocessing.connection import wait as mp_wait
 from pathlib import Path
 from typing import Optional
 
-__all__ = ["FallbackConfig", "FallbackPool", "configure", "get_pool", "shutdown"]
+__all__ = ["FallbackConfig", "FallbackPool", "WorkerStartError", "configure", "get_pool", "shutdown"]
 
 _WORKER_FILE = str(Path(__file__).with_name("_mv_worker.py"))
 
@@ -113,6 +113,10 @@ class FallbackPool:
 
     # -- checkout / return -------------------------------------------------------------------------
     def _new_worker(self) -> _Worker:
+        if mp.current_process().daemon:
+            raise WorkerStartError(
+                "the scoring fallback cannot start worker processes from a daemonic process (e.g. a "
+                "multiprocessing.Pool worker): score in the parent, or pass fallback=False")
         self.counters["started"] += 1
         return _Worker(self._ctx)
 

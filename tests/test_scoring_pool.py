@@ -134,3 +134,23 @@ def test_shut_down_pool_refuses_work():
     p.shutdown()
     with pytest.raises(RuntimeError, match="shut down"):
         p.run([("sleep", (0,))])
+
+
+def _score_in_daemon(q):
+    try:
+        scoring.verify("\\ln 2", "\\boxed{\\log_e 2}")
+        q.put("no error")
+    except scoring_pool.WorkerStartError as e:
+        q.put(str(e))
+
+
+def test_daemonic_caller_gets_a_clear_error():
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=_score_in_daemon, args=(q,), daemon=True)
+    p.start()
+    msg = q.get(timeout=120)
+    p.join(30)
+    assert "daemonic" in msg and "fallback=False" in msg
