@@ -81,6 +81,11 @@ CASES = [
     ("0 roots", B % "0", True),           # a product with a literal 0 factor simplifies to 0
     ("3", B % "x - x + 3", True),
     ("No", B % "4^{545}+545^4", False),   # a constant beyond double range vs symbols
+    # an infinity vs a number literal is never equal (math-verify: oo == 3 is False, 3 - oo = -oo)
+    ("3", B % "\\infty", False),
+    ("\\infty", B % "3", False),
+    ("-\\infty", B % "2.5", False),
+    ("\\infty", B % "\\infty", True),
     # undefined functions f(x), C(n, k): the left side of an equation is dropped like any other
     ("-2x+2", B % "R(x) = -2x + 2", True),
     ("125", B % "p(7)=1", False),
