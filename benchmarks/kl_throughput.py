@@ -10,7 +10,7 @@ preset's setting, counts each method's own work). Memory, two ways:
   the inputs. It includes the gradients every method must return;
 - workspace: peak extra minus those returned gradients (grad_h [N, Hs] + grad_W [V, Hs]).
 
-    python benchmarks/kl_throughput.py                  # CPU (~10 min on 2 cores): N=2048, H=512, V=32768, fp32
+    python benchmarks/kl_throughput.py                  # CPU (~35 min on 2 shared cores: 3 rounds): N=2048, H=512, V=32768, fp32
     python benchmarks/kl_throughput.py --preset qwen3   # GPU: N=2048..16384, Hs=4096, Ht=5120, V=151936, bf16
 
 Implementations (`--impls`):
