@@ -2,7 +2,7 @@
 
     python benchmarks/paced_study.py                         # the protocol's study
     python benchmarks/paced_study.py --methods uniform_fkl --seeds 0 1 2 --no-report   # A/A estimate
-    python benchmarks/paced_study.py --report-only           # re-print from paced_study.json
+    python benchmarks/paced_study.py --report-only           # re-print (and re-plot) from paced_study.json
 
 Every (method, seed) run trains the shipped regime student (``paced_train/toy/regime.py``) in
 process with the same step budget and writes ``WORK/seed{s}/{method}.json``; a run whose JSON
@@ -548,7 +548,7 @@ def report(payload: dict) -> None:
                   f"{statistics.fmean(a['eval_sampling_se'] for a in M.values()):.2f}")
 
 
-def plot(payload: dict, out_dir: Path) -> None:
+def plot(payload: dict, out_dir: Path, name: str = "paced_study") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -572,7 +572,7 @@ def plot(payload: dict, out_dir: Path) -> None:
             ax.grid(axis="x", alpha=0.3)
         fig.suptitle("Paced study on the regime world: paired differences over seeds")
         fig.tight_layout()
-        fig.savefig(out_dir / "paced_study.png", dpi=110)
+        fig.savefig(out_dir / f"{name}.png", dpi=110)
         plt.close(fig)
     snr = payload.get("snr")
     if snr:
@@ -589,7 +589,7 @@ def plot(payload: dict, out_dir: Path) -> None:
         ax.grid(alpha=0.3)
         ax.set_title("Gradient SNR vs pass rate (base regime student)")
         fig.tight_layout()
-        fig.savefig(out_dir / "paced_study_snr.png", dpi=110)
+        fig.savefig(out_dir / f"{name}_snr.png", dpi=110)
         plt.close(fig)
 
 
@@ -623,7 +623,9 @@ def main(argv=None):
     ap.add_argument("--report-only", action="store_true", help="re-print the tables of an existing JSON")
     args = ap.parse_args(argv)
     if args.report_only:
-        report(json.loads((args.out_dir / f"{args.name}.json").read_text()))
+        payload = json.loads((args.out_dir / f"{args.name}.json").read_text())
+        report(payload)
+        plot(payload, args.out_dir, args.name)
         return
     for key in ("steps", "n_eval", "n_train", "n_mc"):
         if getattr(args, key) < 1:
@@ -672,7 +674,7 @@ def main(argv=None):
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / f"{args.name}.json").write_text(json.dumps(payload, indent=1, default=str))
     report(payload)
-    plot(payload, args.out_dir)
+    plot(payload, args.out_dir, args.name)
     print(f"wrote {args.out_dir / (args.name + '.json')}")
 
 
