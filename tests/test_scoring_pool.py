@@ -154,3 +154,21 @@ def test_daemonic_caller_gets_a_clear_error():
     msg = q.get(timeout=120)
     p.join(30)
     assert "daemonic" in msg and "fallback=False" in msg
+
+
+def test_adversarial_batch_from_a_worker_thread(short_deadline):
+    from test_scoring import ADVERSARIAL
+
+    resps = ADVERSARIAL + [HANG]
+    golds = ["5"] * len(resps)
+    codes = scoring._ext().verify_codes(golds, resps)
+    sent = [i for i, c in enumerate(codes) if c == 2 and len(resps[i]) <= scoring.FALLBACK_MAX_CHARS]
+    long_ = sum(1 for i, c in enumerate(codes) if c == 2 and len(resps[i]) > scoring.FALLBACK_MAX_CHARS)
+    assert len(sent) >= 3 and long_ >= 1
+    ref = {i: scoring.math_verify_verdict(golds[i], resps[i], timeout=5) for i in sent if resps[i] != HANG}
+    (got, s), seconds = _in_thread(lambda: (scoring.verify_batch(golds, resps), scoring.last_stats()))
+    assert all(got[i] == v for i, v in ref.items())
+    assert got[-1] is False and all(got[i] == bool(codes[i] == 1) for i in range(len(resps)) if codes[i] != 2)
+    assert s["fallback_used"] == len(sent) and s["fallback_skipped_long"] == long_
+    assert s["fallback_timeout"] >= 1 and s["limit"] == int((codes == 3).sum())
+    assert seconds < len(sent) * DEADLINE + 60
