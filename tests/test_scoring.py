@@ -117,6 +117,13 @@ CASES = [
     ("9", "So $3^{105} + 4^{105} \\equiv 9 \\pmod{13}$", True),
     ("13", "So $3^{105} + 4^{105} \\equiv 9 \\pmod{13}$", False),
     ("1", "Thus $a \\equiv b \\pmod{4} = 1$", True),
+    # sets of equations: the reference sorts both sides by sympy's keys and pairs them up; an
+    # element equal to nothing on the other side is unequal in any order
+    ("x=2, y=1", B % "(x, y) = (2, 1), (3, 1)", False),
+    ("(x=8, y=2), (x=2, y=8)", B % "x=7, y=2", False),
+    ("x=6, y=5", B % "x = 6, y = 4", False),
+    ("376, 625", B % "10^2=100, (-10)^2=100", False),
+    ("(x=8, y=2), (x=2, y=8)", B % "(x=2, y=8), (x=8, y=2)", True),
     # long plain text: the number scan starts near the end, the full scan only when needed
     ("42", "Some text here. " * 40 + "so we get 42", True),
     ("42", "We find 42. " + "Nothing more to say here at all. " * 20, True),
