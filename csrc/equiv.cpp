@@ -849,6 +849,23 @@ Tri compare_relational(Ctx& c, int g, int p) {
   RelOp go = x.op, po = y.op;
   int dg = c.t.op(NK::Add, {x.kids[0], c.t.op(NK::Mul, {c.t.num(Rational(-1)), x.kids[1]})});
   int dp = c.t.op(NK::Add, {y.kids[0], c.t.op(NK::Mul, {c.t.num(Rational(-1)), y.kids[1]})});
+  auto top_set = [&](int k) { return is_setlike(c.t.at(k).kind); };
+  if (top_set(x.kids[0]) || top_set(x.kids[1]) || top_set(y.kids[0]) || top_set(y.kids[1])) {
+    // x = {-1, 1} or (x, y) = (1, 2): sympy cannot subtract a set, tuple or interval, so the
+    // reference's same-type, flipped and solve checks all raise (False); only its structural
+    // equality, tested before, can give True. Sides that might match leave it undecided.
+    auto maybe = [&](int a, int b) {
+      try {
+        return expr_eq(c, a, b) != Tri::False;
+      } catch (Unsure&) {
+        return true;
+      }
+    };
+    bool same = go == po && maybe(x.kids[0], y.kids[0]) && maybe(x.kids[1], y.kids[1]);
+    bool swapped = maybe(x.kids[0], y.kids[1]) && maybe(x.kids[1], y.kids[0]);
+    if (same || swapped) throw Unsure{"relation between non-scalars"};
+    return Tri::False;
+  }
   for (int k : {x.kids[0], x.kids[1], y.kids[0], y.kids[1]})
     if (!scalar_tree(c.t, k)) throw Unsure{"relation between non-scalars"};
   if (go == po) {
