@@ -458,6 +458,30 @@ int first_rel(const Tree& t, int id) {
 
 Tri expr_eq(Ctx& c, int g, int p);
 
+// An interval with variable ends stays an Interval for latex2sympy and sympy when r - l takes
+// both signs over the reals (their symbols are real): neither "r < l" (the tuple rule) nor
+// sympy's emptiness checks can then be decided. An infinite end on its own side is fine.
+bool symbolic_interval_stays(Ctx& c, int l, int r, const std::vector<std::string>& syms) {
+  NK lk = c.t.at(l).kind, rk = c.t.at(r).kind;
+  if (lk == NK::Inf || rk == NK::NegInf) return false;
+  if (lk == NK::NegInf || rk == NK::Inf) return lk != rk && scalar_tree(c.t, lk == NK::NegInf ? r : l);
+  if (!scalar_tree(c.t, l) || !scalar_tree(c.t, r) || struct_eq(c.t, l, r)) return false;
+  static const double pts[] = {0.3781, -1.2917, 2.1183, 0.7349, 1.6421, 0.5573, -0.8861, 2.9077};
+  bool pos = false, neg = false;
+  for (int k = 0; k < 4; ++k) {
+    Env env;
+    for (size_t i = 0; i < syms.size(); ++i) env[syms[i]] = cd(pts[(k + 3 * i) % 8] + 0.137 * (double)i, 0);
+    try {
+      cd d = ev(c, r, env) - ev(c, l, env);
+      if (std::abs(d.imag()) > 1e-9 || !std::isfinite(d.real())) continue;
+      if (d.real() > 1e-6) pos = true;
+      if (d.real() < -1e-6) neg = true;
+    } catch (Unsure&) {
+    }
+  }
+  return pos && neg;
+}
+
 // sympy's Interval(l, r, lo, ro) and latex2sympy's "empty interval is a tuple" rule
 int resolve_interval(Ctx& c, int id) {
   const Node n = c.t.at(id);
@@ -467,7 +491,10 @@ int resolve_interval(Ctx& c, int id) {
   bool hf = false;
   collect_syms(c.t, l, &syms, &hf);
   collect_syms(c.t, r, &syms, &hf);
-  if (!syms.empty()) throw Unsure{"symbolic interval"};
+  if (!syms.empty()) {
+    if (symbolic_interval_stays(c, l, r, syms)) return id;
+    throw Unsure{"symbolic interval"};
+  }
   auto num = [&](int k, double* v) {
     NK kk = c.t.at(k).kind;
     if (kk == NK::Inf) {

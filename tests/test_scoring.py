@@ -131,6 +131,11 @@ CASES = [
     ("x=y=0", B % "(x,y)=(0,0)", False),
     ("(x, y) = (1, 2)", B % "x+y = 3", False),
     ("x=±1", B % "x = \\pm 1", True),
+    # intervals with variable ends whose order is not fixed stay intervals: ends compared in turn
+    ("[-1, 1]", B % "[x_1, x_2]", False),
+    ("[-1, 1]", B % "(-\\infty, x_2]", False),
+    ("[a, b]", B % "[b, a]", False),
+    ("[x, x+1]", B % "[x, x+1]", True),
     # long plain text: the number scan starts near the end, the full scan only when needed
     ("42", "Some text here. " * 40 + "so we get 42", True),
     ("42", "We find 42. " + "Nothing more to say here at all. " * 20, True),
