@@ -136,6 +136,13 @@ CASES = [
     ("[-1, 1]", B % "(-\\infty, x_2]", False),
     ("[a, b]", B % "[b, a]", False),
     ("[x, x+1]", B % "[x, x+1]", True),
+    # at the evaluation points, factorials of negative reals go through Gamma and undefined
+    # functions take fixed pseudo-random values: enough to show two expressions differ
+    ("\\frac{n(n-3)}{2}", B % "\\frac{n!}{(n-k)!k!}", False),
+    ("\\frac{n+1}{r+1}", B % "n C(n-1, r-1)", False),
+    ("C(n+1, 2m+1)", B % "C(n+1, m)", False),
+    ("0", B % "g(x) h(x)", False),
+    ("C(n+1, 2m+1)", B % "C(n+1, 2m+1)", True),
     # long plain text: the number scan starts near the end, the full scan only when needed
     ("42", "Some text here. " * 40 + "so we get 42", True),
     ("42", "We find 42. " + "Nothing more to say here at all. " * 20, True),
