@@ -143,6 +143,11 @@ CASES = [
     ("C(n+1, 2m+1)", B % "C(n+1, m)", False),
     ("0", B % "g(x) h(x)", False),
     ("C(n+1, 2m+1)", B % "C(n+1, 2m+1)", True),
+    # a float literal longer than a double: decided only when the values are far apart
+    ("89", B % ("0." + "0" * 30), False),
+    # an infinity against plain algebra in variables (an infinite sum could evaluate to it)
+    ("\\frac{1}{n+1}", B % "-\\infty", False),
+    ("\\infty", B % "\\infty", True),
     # long plain text: the number scan starts near the end, the full scan only when needed
     ("42", "Some text here. " * 40 + "so we get 42", True),
     ("42", "We find 42. " + "Nothing more to say here at all. " * 20, True),
