@@ -148,6 +148,8 @@ CASES = [
     # an infinity against plain algebra in variables (an infinite sum could evaluate to it)
     ("\\frac{1}{n+1}", B % "-\\infty", False),
     ("\\infty", B % "\\infty", True),
+    # a complex-mode pair with variables: a difference at the real points decides False
+    ("x^3-1", B % "e^{i\\frac{1959\\pi}{3}} - 1 = -1", False),
     # long plain text: the number scan starts near the end, the full scan only when needed
     ("42", "Some text here. " * 40 + "so we get 42", True),
     ("42", "We find 42. " + "Nothing more to say here at all. " * 20, True),
