@@ -7,15 +7,13 @@ attention, misplaced gather index, wrong weight or normaliser would show far abo
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 import _distill_worker as W
+from _torchrun import run_torchrun
 from paced_train import distill, packed_attention
 from paced_train.config import config_from_dict
 from paced_train.distill import (
@@ -231,23 +229,14 @@ def test_config_checks_budget_against_data_limits():
 def test_torchrun_packed_step_equals_single_process(tmp_path):
     cfg = dict(loss="rkl", global_batch_problems=4, micro_batch_problems=1, max_steps=1)
     single, _ = W.train_tiny(tmp_path / "single", cfg, rollouts=2)
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(var, None)
     out = tmp_path / "dist"
     # a 20-token budget gives the two ranks different numbers of packed micro-batches (fillers run)
     groups = distill.group_by_problem(W.tiny_examples(8, seed=3, rollouts=2))
     batch = [groups[i] for i in distill.epoch_order(len(groups), 0, 0, True)[:4]]
     mbs = [distill._micro_batch_sequences(batch, r, 2, 1, 20) for r in range(2)]
     assert len(mbs[0]) == len(mbs[1]) and any(not mb for r in mbs for mb in r)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(REPO / "tests" / "_distill_worker.py"), "--out", str(out), "--rollouts", "2",
-           "--cfg", json.dumps(dict(cfg, max_tokens_per_micro_batch=20))]
-    try:
-        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
-    except subprocess.TimeoutExpired as exc:  # never hang CI
-        pytest.fail(f"torchrun timed out after {exc.timeout}s:\n{(exc.stdout or '')[-3000:]}\n{(exc.stderr or '')[-3000:]}")
-    assert proc.returncode == 0, f"torchrun failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    run_torchrun(REPO / "tests" / "_distill_worker.py", "--out", str(out), "--rollouts", "2",
+                 "--cfg", json.dumps(dict(cfg, max_tokens_per_micro_batch=20)))
     dist_result = json.loads((out / "result.json").read_text())
     assert dist_result["steps"] == 1
     assert dist_result["losses"][0] == pytest.approx(single.losses[0], rel=1e-6)

@@ -5,9 +5,6 @@ normaliser is global; weight-0 rows and the split over ranks change nothing)."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,9 +13,9 @@ import torch
 pytest.importorskip("datasets")
 pytest.importorskip("transformers")
 
+from _torchrun import run_torchrun  # noqa: E402
 from test_integrations_hf import _models, _reference, _rows  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).resolve().parent / "_hf_trainer_worker.py"
 
 
@@ -26,16 +23,8 @@ def _torchrun(tmp_path: Path, rows: list[dict], mode: str, direction: str) -> di
     rows_file = tmp_path / "rows.json"
     rows_file.write_text(json.dumps(rows))
     out = tmp_path / "result.pt"
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(var, None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(WORKER),
-           "--out", str(out), "--rows", str(rows_file), "--mode", mode, "--direction", direction]
-    try:
-        proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"torchrun timed out:\n{(exc.stdout or '')[-3000:]}\n{(exc.stderr or '')[-3000:]}")
-    assert proc.returncode == 0, f"torchrun failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    run_torchrun(WORKER, "--out", str(out), "--rows", str(rows_file), "--mode", mode, "--direction", direction,
+                 cwd=tmp_path, timeout=300)
     return torch.load(out)
 
 

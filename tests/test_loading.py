@@ -4,9 +4,6 @@ distillation stage on 2 ranks (torchrun, gloo) is identical whichever way the mo
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +12,7 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
 import _distill_worker as W
+from _torchrun import run_torchrun
 from paced_train import loading
 from paced_train.toy.assets import resolve_path
 
@@ -146,17 +144,9 @@ def test_torchrun_two_ranks_sharded_loading_trains_identically(tmp_path):
     student = _save(W.tiny_qwen3(1, tie=True), tmp_path / "student")
     teacher = _save(W.tiny_qwen3(2, hidden=48), tmp_path / "teacher")
     cfg = dict(loss="fkl", global_batch_problems=4, micro_batch_problems=1, activation_checkpointing=True)
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(var, None)
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(WORKER),
-           "--out", str(out), "--student", str(student), "--teacher", str(teacher), "--cfg", json.dumps(cfg)]
-    try:
-        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
-    except subprocess.TimeoutExpired as exc:  # never hang CI
-        pytest.fail(f"torchrun timed out after {exc.timeout}s:\n{(exc.stdout or '')[-3000:]}\n{(exc.stderr or '')[-3000:]}")
-    assert proc.returncode == 0, f"torchrun failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    run_torchrun(WORKER, "--out", str(out), "--student", str(student), "--teacher", str(teacher),
+                 "--cfg", json.dumps(cfg))
     report = json.loads((out / "report.json").read_text())
     assert report["world_size"] == 2
     for info in report["loaded"]:

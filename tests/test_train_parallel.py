@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 import _distill_worker as W
+from _torchrun import run_torchrun
 from paced_train import parallel
 
 torch.set_num_threads(1)
@@ -73,16 +71,7 @@ def test_activation_checkpointing_keeps_keys_loss_and_gradients():
 
 
 def _torchrun(out: Path, cfg: dict, *extra: str) -> None:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(var, None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(WORKER),
-           "--out", str(out), "--cfg", json.dumps(cfg), *extra]
-    try:
-        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
-    except subprocess.TimeoutExpired as exc:  # never hang CI
-        pytest.fail(f"torchrun timed out after {exc.timeout}s:\n{(exc.stdout or '')[-3000:]}\n{(exc.stderr or '')[-3000:]}")
-    assert proc.returncode == 0, f"torchrun failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    run_torchrun(WORKER, "--out", str(out), "--cfg", json.dumps(cfg), *extra)
 
 
 @pytest.mark.slow
