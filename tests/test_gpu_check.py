@@ -1,8 +1,8 @@
 """benchmarks/gpu_check.py's checks at tiny shapes on CPU (Triton interpreter).
 
-The full `python benchmarks/gpu_check.py --smoke` takes 2-3 minutes here, too long for CI, so
-these tests run its accuracy and NaN/inf sections directly, and show that the accuracy check
-fails when a kernel's gradient is off by 2%.
+These tests run its accuracy and NaN/inf sections directly and show that the accuracy check
+fails when a kernel's gradient is off by 2%; one (slow) test runs the whole
+`python benchmarks/gpu_check.py --smoke` (~30 s on an idle 2-core box, 2-3 min under load).
 """
 import importlib.util
 from pathlib import Path
@@ -55,3 +55,21 @@ def test_nonfinite_and_ragged_sections_pass():
     ragged = gpu_check.section_ragged(CPU, CFG)
     for direction in ("forward", "reverse"):
         assert all(ragged[direction]["pass"].values()), ragged[direction]["pass"]
+
+
+@pytest.mark.slow
+def test_smoke_run_of_the_whole_script_passes(tmp_path):
+    """`python benchmarks/gpu_check.py --smoke` end to end (every section, ~30 s on an idle 2-core box)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    proc = subprocess.run([sys.executable, str(_PATH), "--smoke", "--out-dir", str(tmp_path)], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (result,) = tmp_path.glob("gpu_check_*.json")
+    report = json.loads(result.read_text())
+    assert report["failed"] == [], report["failed"]
+    assert {"accuracy", "ragged", "nonfinite", "determinism", "trainer"} <= set(report["sections"])
