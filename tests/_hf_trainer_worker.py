@@ -91,6 +91,7 @@ def main() -> None:
         import torch.distributed as dist
         if dist.get_rank() == 0:
             torch.save(result, a.out)
+        dist.barrier()
         dist.destroy_process_group()
         return
     args = transformers.TrainingArguments(
@@ -107,6 +108,12 @@ def main() -> None:
         torch.save({"loss": trainer.state.log_history[0]["loss"], "grads": capture.grads,
                     "world_size": trainer.args.world_size,
                     "distributed_type": str(trainer.accelerator.distributed_type)}, a.out)
+    # the result is written: leave without interpreter shutdown, where the Trainer's gloo group
+    # sometimes aborted a rank ("terminate called without an active exception") or hung its teardown
+    import os
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
