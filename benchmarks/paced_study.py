@@ -82,7 +82,7 @@ class StudyConfig:
     curriculum_k: int = 8
     snr_problems: int = 384
     snr_k: int = 8
-    student: str = str(R.ASSETS)
+    student: str = str(R.ASSETS.relative_to(ROOT))  # relative paths are read from the repository root
     extra: dict = field(default_factory=dict)
 
 
@@ -128,7 +128,7 @@ class World:
         self.cfg = cfg
         self.work = work
         self.splits = R.regime_splits(n_train=cfg.n_train, n_eval=cfg.n_eval, n_mc=cfg.n_mc)
-        self.base = R.load_student(Path(cfg.student))
+        self.base = R.load_student(ROOT / cfg.student)
         self._refs: dict[int, tuple] = {}
 
     def references(self, seed: int):
@@ -614,7 +614,7 @@ def main(argv=None):
     ap.add_argument("--n-train", type=int, default=StudyConfig.n_train)
     ap.add_argument("--n-mc", type=int, default=StudyConfig.n_mc)
     ap.add_argument("--snr-problems", type=int, default=StudyConfig.snr_problems)
-    ap.add_argument("--student", default=str(R.ASSETS))
+    ap.add_argument("--student", default=str(R.ASSETS.relative_to(ROOT)))
     ap.add_argument("--work-dir", type=Path, default=ROOT / "runs" / "paced_study")
     ap.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
     ap.add_argument("--name", default="paced_study", help="stem of the JSON / PNG files written")
@@ -666,8 +666,8 @@ def main(argv=None):
     agg = aggregate(runs)
     agg["zone_composition"] = zone_composition(world, sorted({s for v in runs.values() for s in v}))
     payload = {"config": asdict(cfg), "protocol": "benchmarks/paced_toy_protocol.md",
-               "student_report": json.loads((Path(cfg.student) / "pretrain_report.json").read_text())
-               if (Path(cfg.student) / "pretrain_report.json").exists() else None,
+               "student_report": json.loads((ROOT / cfg.student / "pretrain_report.json").read_text())
+               if (ROOT / cfg.student / "pretrain_report.json").exists() else None,
                "minutes_this_invocation": (time.time() - t0) / 60, "aggregate": agg, "snr": snr,
                "runs": {m: {str(s): r for s, r in v.items()} for m, v in runs.items()}}
     payload["verdicts"] = verdicts(agg, snr)
