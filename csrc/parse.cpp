@@ -965,7 +965,8 @@ int Parser::postfix(bool allow_func) {
   while (true) {
     if (ct() == T::Bang) {
       ++p_;
-      if (ct() == T::Assign) throw Unsure{"!="};
+      // "!=" written together is one token (Ne, see the lexer); "5! = 120" with anything between
+      // the two is a factorial and then '=' for the reference's lexer too
       e = t_.func("factorial", {e});
     } else if (ct() == T::Degree) {
       ++p_;  // degrees are kept as plain numbers (convert_degrees=False)

@@ -155,6 +155,39 @@ CASES = [
     ("42", "We find 42. " + "Nothing more to say here at all. " * 20, True),
     ("7", "We find $7$ here. " + "Nothing more to say at all here. " * 12, True),
     ("7", "We find $7$ here. " + "Nothing more to say, the sum 3 + 4 holds. " * 12, True),
+    # helper "equiv" (issue 9): complex-mode symbols (real=False) are other symbols than the real
+    # ones of the same name; math-verify's symbol rules compare names only
+    ("\\frac{n^2}{n-1}", B % "i", False),
+    ("\\text{No}", B % "i", False),
+    ("x^2+1", B % "(x+i)(x-i)", False),
+    ("(x^2+x+1)(x^2-x+1)", B % "(x^2+2xi+1)(x^2-2xi+1)", False),
+    ("i", B % "i", True),
+    # a relation never prints as a bare symbol name
+    ("x > y", B % "n", False),
+    # an infinity against plain algebra with symbolic exponents
+    ("2^n", B % "\\infty", False),
+    ("2^{n+1}-1", B % "\\infty", False),
+    # symbolic intervals: r - l > 0 somewhere keeps an Interval; the same end twice is {c}, a tuple
+    ("[-1, 1]", B % "[c, c]", False),
+    ("\\{c\\}", B % "[c, c]", True),
+    ("(c, c)", B % "(c, c)", True),
+    ("[-1,1]", B % "[a-\\sqrt{b^2}, a+\\sqrt{b^2}]", False),
+    ("[a-\\sqrt{b^2+1}, a+\\sqrt{b^2+1}]", B % "[-\\sqrt{b^2+1}+a, a+\\sqrt{b^2+1}]", True),
+    # zero to a negative power (sympy's zoo once evaluated) equals nothing but itself
+    ("7", B % "42 \\cdot 0^{-1}", False),
+    ("0^{-1}", B % "2 \\cdot 0^{-1}", False),
+    ("\\text{none}", B % "0^{-1}", False),
+    ("0.5", B % "3 \\cdot 0^{-2}", False),
+    ("0^{-1}", B % "0^{-1}", True),
+    # a relation in two or more variables (as_set raises) against a set of two or more elements
+    ("x > y", B % "\\{1, 2\\}", False),
+    ("f(n) > g(n-1)", B % "\\{f(3), g(2)\\}", False),
+    ("x > y", B % "\\emptyset", False),
+    # "5! = 120": a factorial, then '=' ("5!=120" together is Ne)
+    ("120", B % "5! = 120", True),
+    ("120", B % "5!\\,=120", True),
+    ("120", B % "5!=120", False),
+    ("25", B % "5! = 120", False),
 ]
 
 
@@ -172,11 +205,12 @@ def test_case_table_matches_math_verify():
 def test_complex_mode_symbols_are_not_the_real_ones():
     # a standalone i puts math-verify's reading of the response in complex mode, where its symbols
     # are distinct from the gold's real ones: n(n+1) on both sides is not equal there. The C++ side
-    # must not call it equal by structure; it leaves it undecided (counted wrong without fallback)
+    # must not call it equal by structure; it keeps the complex-mode symbols apart (marked names,
+    # non-real values at the evaluation points) and decides False itself
     for gold, resp in [("n(n+1)", "So $a_{i} = n(n+1)$"), ("n(n+1)", "So $f(i) = n(n+1)$")]:
         assert scoring.math_verify_verdict(gold, resp, timeout=5) is False
         assert scoring.verify(gold, resp, fallback=False) is False
-        assert scoring.last_stats()["unknown"] == 1
+        assert scoring.last_stats()["unknown"] == 0
         assert scoring.verify(gold, resp) is False
 
 
