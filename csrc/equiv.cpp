@@ -149,6 +149,17 @@ bool exact(Ctx& c, int id, Rational* out) {
         *out = v.is_neg() ? -v : v;
         return true;
       }
+      if (n.name == "UnevaluatedExpr") return exact(c, n.kids[0], out);  // \gcd, \lcm: doit() unwraps it
+      if (n.name == "floor" || n.name == "ceiling") {  // doit() / evalf() of floor(q): an Integer
+        Rational v;
+        if (!exact(c, n.kids[0], &v)) return false;
+        BigInt q, r;
+        BigInt::divmod(v.num, v.den, &q, &r);  // truncation toward zero
+        if (n.name == "floor" && r.is_neg()) q = q - BigInt(1);
+        if (n.name == "ceiling" && !r.is_neg() && !r.is_zero()) q = q + BigInt(1);
+        *out = Rational(q);
+        return true;
+      }
       return false;
     }
     default:
@@ -250,6 +261,17 @@ cd ev(Ctx& c, int id, const Env& env) {
           if (x <= 0 && std::abs(x - std::round(x)) < 1e-9) throw Unsure{"symbolic binomial"};
         if (std::abs(n) > 100 || std::abs(k) > 100) throw Unsure{"symbolic binomial"};
         return std::tgamma(n + 1) / (std::tgamma(k + 1) * std::tgamma(n - k + 1));
+      }
+      if (f == "UnevaluatedExpr") return a[0];
+      if (f == "floor" || f == "ceiling") {
+        Rational r;
+        if (exact(c, id, &r)) return r.to_double();
+        // a real value away from the integers (where a double's error could flip the result)
+        double x = a[0].real();
+        if (a[0].imag() != 0 || !std::isfinite(x) || std::abs(x) > 1e12 ||
+            std::abs(x - std::round(x)) < 1e-9 * std::max(1.0, std::abs(x)))
+          throw Unsure{"floor / ceiling"};
+        return f == "floor" ? std::floor(x) : std::ceil(x);
       }
       if (c.allow_ext && f.rfind("fn:", 0) == 0) {
         // a fixed function of the name and the argument values (rounded), in [0.5, 2.5)

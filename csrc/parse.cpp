@@ -5,6 +5,7 @@
 // a mixed number, symbols are lower-cased, ...), for the constructs that answers actually use.
 // Constructs outside that subset throw Unsure (the pair goes to the fallback); syntax errors made
 // only of well-understood tokens are Fail (math-verify's parser rejects them too).
+#include <algorithm>
 #include <atomic>
 #include <cstring>
 #include <map>
@@ -45,7 +46,7 @@ struct Tok {
   std::string text;  // source text (numbers, letters, command names, accent content)
   std::string aux;   // accent command / matrix kind / set literal
   bool basic = true; // a token whose grammar we model fully (syntax errors with only these are Fail)
-  size_t pos = 0, end = 0;  // source span (the reference re-parses some arguments from token text)
+  size_t b = 0, e = 0; // source span of the reference's token (its getText(), used for subscript names)
 };
 
 // Commands the reference grammar knows as tokens (anything else is a lexer error there).
@@ -130,10 +131,13 @@ class Lexer {
     while (true) {
       skip_ws();
       if (i_ >= s_.size()) break;
-      size_t pos = i_;
+      size_t b = i_;
       out.push_back(next());
-      out.back().pos = pos;
-      out.back().end = i_;
+      out.back().b = b;
+      out.back().e = i_;
+      // GREEK_CMD / OTHER_SYMBOL_CMD: the command and one optional trailing space are one token
+      if ((out.back().t == T::Greek || out.back().t == T::OtherSym) && i_ < s_.size() && s_[i_] == ' ')
+        out.back().e = i_ + 1;
       if (out.size() > Limits::kMaxNodes) throw TooBig{"too many tokens"};
     }
     out.push_back(Tok{T::Eof, "", "", true, s_.size(), s_.size()});
@@ -350,7 +354,8 @@ class Lexer {
                  w == "max" || w == "min" ||  // \max(a, ...) as the grammar reads it; other shapes are Unsure
                  // LIM_APPROACH_SYM is a token of \lim's subscript only: anywhere else a syntax error
                  w == "to" || w == "rightarrow" || w == "Rightarrow" || w == "longrightarrow" ||
-                 w == "Longrightarrow";
+                 w == "Longrightarrow" ||
+                 w == "lfloor" || w == "rfloor" || w == "lceil" || w == "rceil";  // floor_group, ceil_group
     return tok(T::Cmd, w, basic);
   }
 
@@ -604,6 +609,7 @@ class Parser {
   bool try_set_atom(int* out, T closer);
   int interval_or_tuple();
   int big_operator();
+  int gcd_lcm();
   int relation();
   int expr();
   int additive();
@@ -616,6 +622,7 @@ class Parser {
   int atom();
   int atom_expr();
   std::string sub_text();
+  std::string raw_text(size_t a, size_t b) const;
   int func();
   int frac();
   int matrix();
@@ -975,7 +982,7 @@ bool Parser::starts_comp(bool allow_func) const {
       const std::string& w = cur().text;
       if (w == "frac" || w == "dfrac" || w == "tfrac" || w == "cfrac" || w == "binom" || w == "dbinom" ||
           w == "tbinom" || w == "boxed" || w == "phantom" || w == "sqrt" || w == "lfloor" || w == "lceil" ||
-          w == "langle")
+          w == "llcorner" || w == "ulcorner" || w == "langle")
         return true;
       if (single_arg_funcs().count(w) || w == "Gamma" || w == "gamma" || w == "gcd" || w == "lcm" || w == "max" ||
           w == "min" || w == "operatorname" || w == "int" || w == "sum" || w == "prod" || w == "lim" ||
@@ -1153,11 +1160,65 @@ void Parser::check_reparsed_args(size_t from, size_t to) const {
     else if (k.t == T::Comma && depth != 0)
       throw Unsure{"nested comma in a max / min argument"};
     if (k.t == T::Accent && k.text.find(',') != std::string::npos) throw Unsure{"comma in a max / min argument"};
-    if (i + 1 < to && tk_[i + 1].pos > k.end) {
+    if (i + 1 < to && tk_[i + 1].b > k.e) {
       auto word = [](char c) { return is_alnum(c) || c == '.'; };
-      if (word(src_[k.end - 1]) && word(src_[tk_[i + 1].pos])) throw Unsure{"spaced max / min argument"};
+      if (word(src_[k.e - 1]) && word(src_[tk_[i + 1].b])) throw Unsure{"spaced max / min argument"};
     }
   }
+}
+
+// \gcd(4, 6), \lcm(4, 6), \gcd(u, v): the reference re-parses each argument's text, nsimplify()s
+// it and returns UnevaluatedExpr(sympy.gcd(args)) (a number that later doit() unwraps; no mixed
+// number or fraction literal is formed with it). Decided for non-negative integer literals, and
+// for the gcd of distinct single-letter symbols (polynomial gcd 1); anything else is undecided.
+int Parser::gcd_lcm() {
+  const bool is_gcd = cur().text == "gcd";
+  size_t q = p_ + 2;  // after "\gcd ("
+  std::vector<BigInt> ints;
+  std::vector<std::string> syms;
+  while (true) {
+    const Tok& a = tk_[q];
+    if (a.t == T::Num && a.text.find('.') == std::string::npos) {
+      BigInt v;
+      BigInt::from_string(a.text, &v);
+      ints.push_back(v);
+    } else if (a.t == T::Letter && a.text != "I") {
+      std::string nm(1, to_lower(a.text[0]));
+      if (std::find(syms.begin(), syms.end(), nm) != syms.end()) throw Unsure{"command"};
+      syms.push_back(nm);
+    } else {
+      throw Unsure{"command"};
+    }
+    ++q;
+    if (tk_[q].t == T::Comma) {
+      ++q;
+      continue;
+    }
+    if (tk_[q].t != T::RParen) throw Unsure{"command"};
+    break;
+  }
+  int val;
+  if (!syms.empty()) {
+    if (!ints.empty() || !is_gcd || syms.size() < 2) throw Unsure{"command"};
+    val = t_.num(Rational(1));
+  } else {
+    if (ints.size() < 2) throw Unsure{"command"};
+    BigInt acc = ints[0];
+    for (size_t i = 1; i < ints.size(); ++i) {
+      if (is_gcd) {
+        acc = BigInt::gcd(acc, ints[i]);
+      } else if (acc.is_zero() || ints[i].is_zero()) {
+        acc = BigInt(0);
+      } else {
+        BigInt g = BigInt::gcd(acc, ints[i]), quo;
+        BigInt::divmod(acc, g, &quo, nullptr);
+        acc = quo * ints[i];
+      }
+    }
+    val = t_.num(Rational(acc));
+  }
+  p_ = q + 1;
+  return t_.func("UnevaluatedExpr", {val});
 }
 
 int Parser::brace_expr() {
@@ -1370,11 +1431,22 @@ int Parser::comp(bool allow_func) {
         int b = brace_expr();
         return binomial(a, b);
       }
+      if (w == "lfloor" || w == "llcorner" || w == "lceil" || w == "ulcorner") {
+        // floor_group / ceil_group (also without functions): floor(expr, evaluate=False)
+        bool fl = w == "lfloor" || w == "llcorner";
+        const char* close = w == "lfloor" ? "rfloor" : w == "llcorner" ? "lrcorner" : w == "lceil" ? "rceil" : "urcorner";
+        ++p_;
+        int e = expr();
+        if (!is_cmd(close)) throw ParseError{};
+        ++p_;
+        return t_.func(fl ? "floor" : "ceiling", {e});
+      }
       if (single_arg_funcs().count(w)) {
         if (!allow_func) throw ParseError{};
         return func();
       }
       if (allow_func && (w == "sum" || w == "prod" || w == "lim")) return big_operator();
+      if (allow_func && (w == "gcd" || w == "lcm") && peek() == T::LParen) return gcd_lcm();
       if (allow_func && (w == "max" || w == "min") && peek() == T::LParen) {
         // \max(a) is a; \max(a, b, ...) is sympy's unevaluated Max: opaque, like \sum
         ++p_;
@@ -1423,17 +1495,30 @@ std::string Parser::sub_text() {  // after '_': atom | { expr | args } -> source
       if (ct() == T::RBrace) --depth;
       ++p_;
     } while (depth > 0);
-    for (size_t i = start + 1; i + 1 < p_; ++i) {
+    bool simple = true;
+    for (size_t i = start + 1; i + 1 < p_ && simple; ++i) {
       const Tok& k = tk_[i];
-      if (k.t == T::Diff && !k.aux.empty()) throw Unsure{"complex subscript"};
-      if (k.t == T::Num || k.t == T::Letter || k.t == T::ExpE || k.t == T::EUpper || k.t == T::Diff) out += k.text;
+      if (k.t == T::Diff && k.e - k.b != 2) simple = false;  // "d x", "d\alpha": by source text, below
+      else if (k.t == T::Num || k.t == T::Letter || k.t == T::ExpE || k.t == T::EUpper || k.t == T::Diff) out += k.text;
       else if (k.t == T::Add) out += "+";
       else if (k.t == T::Sub) out += "-";
       else if (k.t == T::Comma) out += ",";
-      else throw Unsure{"complex subscript"};
+      else simple = false;
     }
-    if (out.empty()) throw ParseError{};
-    return out;
+    if (simple) {
+      if (out.empty()) throw ParseError{};
+      return out;
+    }
+    // any other subscript (a_{\sigma(1)}, A_{\text{min}}, a_{2^r}): the grammar's expr or args,
+    // which the reference names by its token texts run together (getText()); the parse only
+    // checks it is one
+    size_t end = p_;
+    p_ = start + 1;
+    expr();
+    while (accept(T::Comma)) expr();
+    if (p_ != end - 1) throw ParseError{};
+    p_ = end;
+    return raw_text(start + 1, end - 1);
   }
   const Tok& k = cur();
   if (k.t == T::Num || k.t == T::Letter || k.t == T::EUpper) {
@@ -1441,7 +1526,20 @@ std::string Parser::sub_text() {  // after '_': atom | { expr | args } -> source
     return k.text;
   }
   if (k.t == T::ExpE) throw ParseError{};  // 'e' is no atom of the grammar
+  if (k.t == T::Greek || k.t == T::OtherSym || k.t == T::Infty || k.t == T::Accent) {
+    // a single atom: a_\infty, x_\alpha, A_\text{max} (by its source text, as above)
+    if (peek() == T::Underscore || peek() == T::Caret) throw Unsure{"complex subscript"};
+    ++p_;
+    return raw_text(p_ - 1, p_);
+  }
   throw Unsure{"complex subscript"};
+}
+
+// the reference's getText() of tokens [a, b): their source texts without the skipped whitespace
+std::string Parser::raw_text(size_t a, size_t b) const {
+  std::string out;
+  for (size_t i = a; i < b; ++i) out += src_.substr(tk_[i].b, tk_[i].e - tk_[i].b);
+  return strip(out);  // getText().strip()
 }
 
 int Parser::atom_expr() {
@@ -1626,6 +1724,102 @@ int Parser::atom() {
   }
 }
 
+// ---- shapes the reference grammar never accepts, whatever surrounds them ------------------
+// Each makes the whole input a syntax error there (latex2sympy raises; math-verify then tries the
+// last equation of a chain, or the next candidate), even where our parser does not model every
+// other token of the input. Only the tokens involved are checked.
+
+// '_' (subexpr, subeq, limit_sub, eval_at_sub, transform_atom) takes an atom or '{': none of
+// these tokens starts one
+bool cannot_follow_underscore(T t) {
+  switch (t) {
+    case T::LParen: case T::RParen: case T::LBracket: case T::RBracket: case T::RBrace: case T::Add:
+    case T::Sub: case T::Mul: case T::Div: case T::Comma: case T::Semi: case T::Assign: case T::EqEq:
+    case T::Lt: case T::Le: case T::Gt: case T::Ge: case T::Ne: case T::Underscore: case T::Caret:
+    case T::Eof:
+      return true;
+    default:
+      return false;
+  }
+}
+
+// index of the '}' closing the '{' at tk[open], or 0 when unbalanced (every '{' of the grammar
+// is closed by a '}'; accents and \mathbb{..} swallow their own braces in both lexers)
+size_t closing_brace(const std::vector<Tok>& tk, size_t open) {
+  int depth = 0;
+  for (size_t j = open; j < tk.size(); ++j) {
+    if (tk[j].t == T::LBrace) ++depth;
+    else if (tk[j].t == T::RBrace && --depth == 0) return j;
+  }
+  return 0;
+}
+
+// \sum / \prod: (subeq supexpr | supexpr subeq) mp, subeq = '_' '{' expr (= | == | \equiv) expr '}'.
+// A subscript first that is no such equation (\sum_{s \in S}, \sum_{i<j}, \sum_k), or one not
+// followed by '^', or neither '_' nor '^' after the operator, is an error. (A superscript first
+// is left to the parser.)
+bool bad_big_operator(const std::vector<Tok>& tk, size_t i) {
+  size_t j = i + 1;
+  if (tk[j].t == T::Caret) return false;
+  if (tk[j].t != T::Underscore) return true;
+  if (tk[j + 1].t != T::LBrace) return true;
+  size_t m = closing_brace(tk, j + 1);
+  if (m == 0) return true;
+  bool eq = false;
+  for (size_t q = j + 2; q < m; ++q) {
+    switch (tk[q].t) {
+      case T::In: case T::NotIn: case T::Lt: case T::Le: case T::Gt: case T::Ge: case T::Ne: case T::Approx:
+        return true;  // no relation token can occur inside an expr
+      case T::Assign: case T::EqEq:
+        eq = true;
+        break;
+      default:
+        break;
+    }
+  }
+  return !eq || tk[m + 1].t != T::Caret;
+}
+
+// dot_product: \langle expr \rangle. A comma directly inside (no bracket of any kind open around
+// it) belongs to no expr: \langle b, c \rangle is an error.
+bool comma_in_angle(const std::vector<Tok>& tk, size_t i) {
+  int depth = 0;
+  for (size_t j = i + 1; j < tk.size(); ++j) {
+    const Tok& k = tk[j];
+    switch (k.t) {
+      case T::LParen: case T::LBracket: case T::LBrace: case T::LBraceVis: case T::LParenVis: case T::LGroup:
+      case T::LBrack:
+        ++depth;
+        break;
+      case T::RParen: case T::RBracket: case T::RBrace: case T::RBraceVis: case T::RParenVis: case T::RGroup:
+      case T::RBrack:
+        if (--depth < 0) return false;
+        break;
+      case T::Comma:
+        if (depth == 0) return true;
+        break;
+      case T::Cmd:
+        if (k.text == "rangle" || k.text == "langle") return false;
+        break;
+      case T::MatBegin: case T::MatEnd: case T::Eof:
+        return false;
+      default:
+        break;
+    }
+  }
+  return false;
+}
+
+bool definite_syntax_error(const std::vector<Tok>& tk) {
+  for (size_t i = 0; i + 1 < tk.size(); ++i) {
+    const Tok& k = tk[i];
+    if (k.t == T::Underscore && cannot_follow_underscore(tk[i + 1].t)) return true;
+    if (k.t == T::Cmd && (k.text == "sum" || k.text == "prod") && bad_big_operator(tk, i)) return true;
+    if (k.t == T::Cmd && k.text == "langle" && comma_in_angle(tk, i)) return true;
+  }
+  return false;
+}
+
 // comma_number_regex: ^\s*-?\d{1,3}(,\d{3})+(\.\d+)?\s*$
 bool comma_number(const std::string& s, std::string* digits) {
   std::string t = strip(s);
@@ -1698,6 +1892,7 @@ ParseStatus parse_latex(const std::string& s, Tree* out) {
   bool all_basic = true;
   for (const Tok& t : toks) all_basic = all_basic && t.basic;
   if (toks.size() == 1) return ParseStatus::Fail;  // empty
+  if (definite_syntax_error(toks)) return ParseStatus::Fail;
   Parser p(toks, out, s);
   try {
     out->root = p.math();

@@ -155,6 +155,42 @@ CASES = [
     ("42", "We find 42. " + "Nothing more to say here at all. " * 20, True),
     ("7", "We find $7$ here. " + "Nothing more to say at all here. " * 12, True),
     ("7", "We find $7$ here. " + "Nothing more to say, the sum 3 + 4 holds. " * 12, True),
+    # shapes the reference grammar never accepts, whatever else the answer holds (a \sum / \prod
+    # subscript that is no equation, '_' before '(', a comma inside \langle \rangle): the candidate
+    # fails, and the last equation of a chain or the next candidate is read instead
+    ("1", B % "\\sum_{s \\in S} x_s = 3 = 1", True),
+    ("3", B % "\\sum_{s \\in S} x_s = 3 = 1", False),
+    ("2", B % "\\sum_{i < j} a_i a_j = 5 = 2", True),
+    ("2", B % "\\prod_{p | n} p = 5 = 2", True),
+    ("x", B % "a_(2) + 1", False),
+    ("2", B % "a_(1) = 5 = 2", True),
+    ("2", B % "\\langle a, b \\rangle = 4 = 2", True),
+    # any other subscript names the symbol by its tokens' source text run together (getText())
+    ("a_{\\sigma(1)}", B % "a_{\\sigma(1)}", True),
+    ("a_{\\sigma(1)}", B % "a_{\\sigma(2)}", False),
+    ("3", B % "a_\\infty = 3", True),
+    ("x_{2^r} + 1", B % "x_{2^r}+1", True),
+    ("x_{2^r}", B % "x_{2^{r}}", False),
+    ("a_{\\alpha}", B % "a_\\alpha", True),
+    ("a_{\\alpha}", B % "a_{\\alpha }", True),
+    ("a_{\\alpha (1)}", B % "a_{\\alpha(1)}", False),
+    # \lfloor x \rfloor, \lceil x \rceil: floor / ceiling (evaluate=False), numbers once evaluated
+    ("3", B % "\\lfloor \\frac{7}{2} \\rfloor", True),
+    ("4", B % "\\lceil \\frac{7}{2} \\rceil", True),
+    ("3", B % "\\lceil \\frac{7}{2} \\rceil", False),
+    ("1", B % "\\lfloor \\sqrt{2} \\rfloor", True),
+    ("-4", B % "\\lfloor -3.5 \\rfloor", True),
+    ("n", B % "\\lfloor \\frac{n}{2} \\rfloor", False),
+    ("\\lfloor \\frac{n}{2} \\rfloor", B % "\\lfloor n/2 \\rfloor", True),
+    # \gcd / \lcm of integer literals, \gcd of distinct symbols: UnevaluatedExpr(number)
+    ("2", B % "\\gcd(4, 6)", True),
+    ("12", B % "\\lcm(4, 6)", True),
+    ("4", B % "\\gcd(4,6)", False),
+    ("3", B % "\\gcd(4,6)+1", True),
+    ("0.5", B % "\\frac{1}{\\gcd(4,6)}", True),
+    ("6", B % "3\\gcd(4,6)", True),  # a product, not the mixed number 3 2
+    ("32", B % "3\\gcd(4,6)", False),
+    ("1", B % "\\gcd(u, v)", True),
     # \binom / \choose: sympy.binomial evaluates as it is built (k = 0, 1, a negative k, numbers),
     # so 2\binom{4}{2} is the mixed number 2 + 6; an unevaluated value n (k = n - 1) or k (1+1) is
     # not a Rational, so no mixed number there
