@@ -191,6 +191,45 @@ CASES = [
     ("6", B % "3\\gcd(4,6)", True),  # a product, not the mixed number 3 2
     ("32", B % "3\\gcd(4,6)", False),
     ("1", B % "\\gcd(u, v)", True),
+    # \binom / \choose: sympy.binomial evaluates as it is built (k = 0, 1, a negative k, numbers),
+    # so 2\binom{4}{2} is the mixed number 2 + 6; an unevaluated value n (k = n - 1) or k (1+1) is
+    # not a Rational, so no mixed number there
+    ("10", B % "\\binom{5}{2}", True),
+    ("10", B % "{5 \\choose 2}", True),
+    ("8", B % "2\\binom{4}{2}", True),
+    ("12", B % "2\\binom{4}{2}", False),
+    ("13/2", B % "\\binom{4}{2}\\frac{1}{2}", True),
+    ("3", B % "2\\binom{n}{0}", True),
+    ("n+1", B % "\\binom{n+1}{1}", True),
+    ("0", B % "\\binom{n}{-2}", True),
+    ("1/16", B % "\\binom{1/2}{3}", True),
+    ("6", B % "\\binom{-3}{2}", True),
+    ("6", B % "2\\binom{2+1}{2}", True),
+    ("12", B % "2\\binom{2+3}{2}", True),
+    ("12", B % "2\\binom{4}{1+1}", True),
+    # a syntax error next to \binom / \to / \min / \mod / a differential is a real one there: the
+    # candidate fails and extraction moves on (\cdots is \cdot s; a trailing period)
+    ("3", "We get $3$. In general $\\binom{n}{1} + \\binom{n}{3} + \\cdots + \\binom{n}{n-1}.$", True),
+    ("2", "We get $3$. In general $\\binom{n}{1} + \\binom{n}{3} + \\cdots + \\binom{n}{n-1}.$", False),
+    ("6", "So the count is $\\binom{4}{2} = 6.$", True),
+    ("5", "We take $\\lim_{n \\to \\infty} a_n = 5.$ so 5", True),
+    ("3/2", "The answer is $\\frac{3}{2}$, it is $1 - \\min(a^2, b^2).$", False),
+    ("3", "So $3$, as $7 \\mod 4.$", False),
+    ("2", "So $2$, with $dx dy.$", True),
+    ("0", "So $0$. Indeed $abcde \\equiv 0 \\pmod{5}$", True),
+    ("1", "So $0$. Indeed $abcde \\equiv 0 \\pmod{5}$", False),
+    # \to outside \lim's subscript is no token there: a failed candidate, then the number 5
+    ("5", B % "a_n \\to 5", True),
+    ("4", B % "a_n \\to 5", False),
+    ("5", "We have $a_n \\rightarrow 5$", True),
+    # \max(a) is a
+    ("3", B % "\\max(3)", True),
+    ("4", B % "\\max(3)", False),
+    # the DIFFERENTIAL token takes a whole command: d\le 5 is the product dle * 5, d\alpha the symbol dalpha
+    ("0", B % "d \\le 5", False),
+    ("0", B % "ed\\equiv 1 \\pmod{(n-1)}", False),
+    ("2", B % "d\\alpha", False),
+    ("\\text{dalpha}", B % "d\\alpha", True),
     # helper "equiv" (issue 9): complex-mode symbols (real=False) are other symbols than the real
     # ones of the same name; math-verify's symbol rules compare names only
     ("\\frac{n^2}{n-1}", B % "i", False),
@@ -283,9 +322,10 @@ def test_extract_answer():
 
 def test_unreadable_gold_is_parsed_once_by_math_verify():
     # natural-language golds (CHAMP has many) are outside the C++ subset; math-verify reads this one
-    # as the number 0 once, and the C++ side scores every response against that
-    gold = "0 (i.e., no real-valued zeros)"
-    resps = [B % "0", B % "1", "There are no zeros, so the answer is 0 (i.e., no real-valued zeros)", B % "x"]
+    # as the number 0 once, and the C++ side scores every response against that ("zeros" is one
+    # operator-name token there; in "real-valued zeros" the DIFFERENTIAL "d z" takes its z)
+    gold = "0 (i.e., no real zeros)"
+    resps = [B % "0", B % "1", "There are no zeros, so the answer is 0 (i.e., no real zeros)", B % "x"]
     got = scoring.verify_batch([gold] * len(resps), resps)
     s = scoring.last_stats()
     assert s["golds_resolved"] == 1 and s["unknown"] == 0 and s["fallback_used"] == 0
