@@ -26,6 +26,10 @@ class Regex {
   // (lookbehinds and ^ still see the whole string).
   void finditer(const std::string& s, std::vector<Match>* out, long* steps,
                 bool (*prefilter)(const std::string&, size_t) = nullptr, size_t from = 0) const;
+  // finditer restricted to match starts in `starts` (ascending): the same matches as finditer with
+  // a prefilter that accepts exactly those positions, without visiting every other byte.
+  void finditer_at(const std::string& s, const std::vector<size_t>& starts, std::vector<Match>* out,
+                   long* steps) const;
   int group_index(const std::string& name) const;
   int num_groups() const { return ngroups_; }
 
