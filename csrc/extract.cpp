@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "core.hpp"
+#include "number_scan.hpp"
 #include "regex.hpp"
 #include "textutil.hpp"
 
@@ -467,6 +468,27 @@ struct ExprRegexes {
     answer_plain = new Regex("(?i:answer)(?:.{0,100}=\\s*|.{0,50}?)" + eon + "(?!\\s*=)");
     expr_plain = new Regex(expr_anch);
     number_plain = new Regex(num_anch);
+    number_groups = NumberGroups::of(*number_plain);
+    currency = currency_code_points();
+  }
+  NumberGroups number_groups;
+  std::vector<uint32_t> currency;
+
+  // the code points of currency_class() (a regex class of literal characters), sorted
+  static std::vector<uint32_t> currency_code_points() {
+    const std::string& c = currency_class();
+    std::vector<uint32_t> out;
+    for (size_t i = 1; i + 1 < c.size();) {  // inside [ ... ]
+      if (c[i] == '\\') {
+        ++i;
+        continue;
+      }
+      size_t len;
+      out.push_back(utf8_decode(c, i, &len));
+      i += len;
+    }
+    std::sort(out.begin(), out.end());
+    return out;
   }
 };
 const ExprRegexes& expr_regexes() {
@@ -619,6 +641,18 @@ bool extract_cand(const std::string& s, const Cand& c, Tree* out, std::string* s
 
 }  // namespace
 
+std::vector<Regex::Match> number_plain_matches(const std::string& s, bool use_engine) {
+  const ExprRegexes& R = expr_regexes();
+  std::vector<Regex::Match> ms;
+  if (use_engine) {
+    long steps = 20000000;
+    R.number_plain->finditer(s, &ms, &steps, pf_anchor, 0);
+  } else {
+    number_finditer(s, 0, R.number_groups, R.currency, &ms);
+  }
+  return ms;
+}
+
 // Builds a number / expression answer from a regex match of one of the expression regexes.
 static bool extract_expr_match(const std::string& s, const Regex& re, const Regex::Match& m, Tree* out,
                                std::string* str) {
@@ -750,7 +784,11 @@ Extracted extract(const std::string& text_in) {
       size_t before = cs.size();
       expr_matches(s, *R.expr_plain, 300, pf_anchor, &cs, &order, &steps, from);
       size_t mid = cs.size();
-      expr_matches(s, *R.number_plain, 300, pf_anchor, &cs, &order, &steps, from);
+      {
+        std::vector<Regex::Match> ms;
+        number_finditer(s, from, R.number_groups, R.currency, &ms);
+        for (auto& m : ms) cs.push_back(Cand{300, m.start, m.end, order++, false, {}, std::move(m)});
+      }
       // remember which regex made which match
       for (size_t i = before; i < cs.size(); ++i) cs[i].m.groups.push_back({i < mid ? 1 : 2, 0});
     }

@@ -81,6 +81,9 @@ inline bool set_has(const Regex::RNode& n, uint32_t c) {
 
 }  // namespace
 
+uint32_t utf8_decode(const std::string& s, size_t i, size_t* len) { return decode(s, i, len); }
+bool unicode_space(uint32_t c) { return cp_space(c); }
+
 int Regex::new_node(RNode::T t) {
   RNode n;
   n.t = t;

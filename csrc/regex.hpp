@@ -12,6 +12,11 @@
 
 namespace paced {
 
+// UTF-8 helpers shared with the hand-written matchers: one code point at i (invalid bytes decode as
+// themselves, length 1), and Python's \s on a code point.
+uint32_t utf8_decode(const std::string& s, size_t i, size_t* len);
+bool unicode_space(uint32_t c);
+
 class Regex {
  public:
   explicit Regex(const std::string& pattern, bool dotall = false);
