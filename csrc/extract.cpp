@@ -619,6 +619,8 @@ bool extract_cand(const std::string& s, const Cand& c, Tree* out, std::string* s
           } else {
             elems.push_back(t.import(tr, tr.root));
           }
+          if (&tr != &trees[0] && tr.complex != trees[0].complex) t.complex_mixed = true;
+          t.complex_mixed = t.complex_mixed || tr.complex_mixed;
           t.complex = t.complex || tr.complex;
         }
         t.root = t.op(NK::FSet, elems);

@@ -5,6 +5,7 @@
 // a mixed number, symbols are lower-cased, ...), for the constructs that answers actually use.
 // Constructs outside that subset throw Unsure (the pair goes to the fallback); syntax errors made
 // only of well-understood tokens are Fail (math-verify's parser rejects them too).
+#include <algorithm>
 #include <atomic>
 #include <cstring>
 #include <map>
@@ -45,6 +46,7 @@ struct Tok {
   std::string text;  // source text (numbers, letters, command names, accent content)
   std::string aux;   // accent command / matrix kind / set literal
   bool basic = true; // a token whose grammar we model fully (syntax errors with only these are Fail)
+  size_t b = 0, e = 0; // source span of the reference's token (its getText(), used for subscript names)
 };
 
 // Commands the reference grammar knows as tokens (anything else is a lexer error there).
@@ -129,10 +131,16 @@ class Lexer {
     while (true) {
       skip_ws();
       if (i_ >= s_.size()) break;
+      size_t b = i_;
       out.push_back(next());
+      out.back().b = b;
+      out.back().e = i_;
+      // GREEK_CMD / OTHER_SYMBOL_CMD: the command and one optional trailing space are one token
+      if ((out.back().t == T::Greek || out.back().t == T::OtherSym) && i_ < s_.size() && s_[i_] == ' ')
+        out.back().e = i_ + 1;
       if (out.size() > Limits::kMaxNodes) throw TooBig{"too many tokens"};
     }
-    out.push_back(Tok{T::Eof, "", "", true});
+    out.push_back(Tok{T::Eof, "", "", true, s_.size(), s_.size()});
     return out;
   }
 
@@ -340,7 +348,14 @@ class Lexer {
     if (greek_names().count(w)) return tok(T::Greek, greek_names().at(w));
     if (other_symbols().count(w)) return tok(T::OtherSym, w);
     bool basic = w == "frac" || w == "dfrac" || w == "tfrac" || w == "cfrac" || w == "sqrt" || w == "boxed" ||
-                 w == "sum" || w == "prod" || w == "lim";  // big operators: every unmodelled shape is Unsure
+                 w == "sum" || w == "prod" || w == "lim" ||  // big operators: every unmodelled shape is Unsure
+                 w == "binom" || w == "dbinom" || w == "tbinom" || w == "choose" ||  // \binom{a}{b}, {a \choose b}
+                 w == "mod" ||                                                    // a \mod b, like a * b
+                 w == "max" || w == "min" ||  // \max(a, ...) as the grammar reads it; other shapes are Unsure
+                 // LIM_APPROACH_SYM is a token of \lim's subscript only: anywhere else a syntax error
+                 w == "to" || w == "rightarrow" || w == "Rightarrow" || w == "longrightarrow" ||
+                 w == "Longrightarrow" ||
+                 w == "lfloor" || w == "rfloor" || w == "lceil" || w == "rceil";  // floor_group, ceil_group
     return tok(T::Cmd, w, basic);
   }
 
@@ -366,24 +381,33 @@ class Lexer {
       return tok(T::Caret);
     }
     if (is_alpha(c)) {
-      // DIFFERENTIAL: 'd' WS*? ([a-zA-Z] | '\' [a-zA-Z]+)
-      if (c == 'd') {
-        size_t j = i_ + 1;
-        while (j < s_.size() && is_space(s_[j])) ++j;
-        if (j < s_.size() && is_alpha(s_[j])) {
-          std::string name = "d" + std::string(1, s_[j]);
-          i_ = j + 1;
-          return tok(T::Diff, name, false);
-        }
-        if (j + 1 < s_.size() && s_[j] == '\\' && is_alpha(s_[j + 1])) throw Unsure{"differential command"};
-      }
-      // multi-letter operator names the grammar lexes as single tokens (gcd, floor, norm, eye, ...)
+      // multi-letter operator names the grammar lexes as single tokens (gcd, floor, norm, eye, ...);
+      // checked first: "diag" is one token there, longer than the DIFFERENTIAL "di"
       static const char* names[] = {"arsinh", "arcsinh", "arcosh", "arccosh", "artanh", "arctanh", "gcd", "lcm",
                                     "floor", "ceil", "eye", "zeros", "ones", "cols", "rows", "diag", "norm",
                                     "rank", "trace", "tr", "rref", "hstack", "vstack", "nullspace", "orth",
                                     "eig", "svd", "SVD", "matrix", "pmatrix", "bmatrix", "vmatrix"};
       for (const char* nm : names)
         if (starts_with(s_, i_, nm)) throw Unsure{"operator-name letters"};
+      // DIFFERENTIAL: 'd' WS*? ([a-zA-Z] | '\' [a-zA-Z]+), always longer than the letter 'd', so
+      // "d\le 5" is the symbol dle times 5 there; the symbol is 'd' + the letters (the case kept)
+      if (c == 'd') {
+        size_t j = i_ + 1;
+        while (j < s_.size() && is_space(s_[j])) ++j;
+        if (j < s_.size() && is_alpha(s_[j])) {
+          std::string name = "d" + std::string(1, s_[j]);
+          i_ = j + 1;
+          return tok(T::Diff, name);
+        }
+        if (j + 1 < s_.size() && s_[j] == '\\' && is_alpha(s_[j + 1])) {
+          size_t e = j + 1;
+          while (e < s_.size() && is_alpha(s_[e])) ++e;
+          Tok t = tok(T::Diff, "d" + s_.substr(j + 1, e - j - 1));
+          t.aux = "cmd";  // its source text is not its name (subscripts use source text)
+          i_ = e;
+          return t;
+        }
+      }
       ++i_;
       if (c == 'e') return tok(T::ExpE, "e");
       if (c == 'E') return tok(T::EUpper, "E");
@@ -474,10 +498,15 @@ class Lexer {
   }
 };
 
+// LIM_APPROACH_SYM
+bool is_approach(const std::string& w) {
+  return w == "to" || w == "rightarrow" || w == "Rightarrow" || w == "longrightarrow" || w == "Longrightarrow";
+}
+
 // ---------------------------------------------------------------------------------- parser
 class Parser {
  public:
-  Parser(std::vector<Tok> toks, Tree* t) : tk_(std::move(toks)), t_(*t) {}
+  Parser(std::vector<Tok> toks, Tree* t, const std::string& src) : tk_(std::move(toks)), t_(*t), src_(src) {}
 
   int math();
 
@@ -485,6 +514,7 @@ class Parser {
   std::vector<Tok> tk_;
   size_t p_ = 0;
   Tree& t_;
+  const std::string& src_;
   int depth_ = 0;
   int abs_depth_ = 0;
 
@@ -579,6 +609,7 @@ class Parser {
   bool try_set_atom(int* out, T closer);
   int interval_or_tuple();
   int big_operator();
+  int gcd_lcm();
   int relation();
   int expr();
   int additive();
@@ -591,11 +622,16 @@ class Parser {
   int atom();
   int atom_expr();
   std::string sub_text();
+  std::string raw_text(size_t a, size_t b) const;
   int func();
   int frac();
   int matrix();
   int sup_value();
   int brace_expr();
+  int binomial(int n, int k);
+  bool has_symbol(int id) const;
+  bool exact_value(int id, Rational* out) const;
+  void check_reparsed_args(size_t from, size_t to) const;
 };
 
 bool Parser::is_symbols_only(int id) const {
@@ -946,7 +982,7 @@ bool Parser::starts_comp(bool allow_func) const {
       const std::string& w = cur().text;
       if (w == "frac" || w == "dfrac" || w == "tfrac" || w == "cfrac" || w == "binom" || w == "dbinom" ||
           w == "tbinom" || w == "boxed" || w == "phantom" || w == "sqrt" || w == "lfloor" || w == "lceil" ||
-          w == "langle")
+          w == "llcorner" || w == "ulcorner" || w == "langle")
         return true;
       if (single_arg_funcs().count(w) || w == "Gamma" || w == "gamma" || w == "gcd" || w == "lcm" || w == "max" ||
           w == "min" || w == "operatorname" || w == "int" || w == "sum" || w == "prod" || w == "lim" ||
@@ -965,7 +1001,8 @@ int Parser::postfix(bool allow_func) {
   while (true) {
     if (ct() == T::Bang) {
       ++p_;
-      if (ct() == T::Assign) throw Unsure{"!="};
+      // "!=" written together is one token (Ne, see the lexer); "5! = 120" with anything between
+      // the two is a factorial and then '=' for the reference's lexer too
       e = t_.func("factorial", {e});
     } else if (ct() == T::Degree) {
       ++p_;  // degrees are kept as plain numbers (convert_degrees=False)
@@ -993,7 +1030,7 @@ int Parser::big_operator() {
     if (ct() != T::Letter && ct() != T::Greek) throw Unsure{"command"};
     ++p_;
     if (lim) {
-      if (!(ct() == T::Cmd && (cur().text == "to" || cur().text == "rightarrow"))) throw Unsure{"command"};
+      if (!(ct() == T::Cmd && is_approach(cur().text))) throw Unsure{"command"};
       ++p_;
       expr();
     } else {
@@ -1013,6 +1050,176 @@ int Parser::big_operator() {
   // a process-wide counter: no two opaque nodes, in any gold or response, share a name
   static std::atomic<uint64_t> counter{0};
   return t_.func("opaque:" + kind + std::to_string(counter.fetch_add(1, std::memory_order_relaxed)), {});
+}
+
+// sympy.binomial(n, k) evaluates as it is built (binomial.eval): k = 0 gives 1, k = 1 gives n, a
+// negative integer k gives 0, and rational n with integer k gives the rational value (so
+// 2\binom{4}{2} is the mixed number 2 + 6 there). Symbolic arguments stay binomial(n, k); shapes
+// whose evaluation we do not mirror (floats, numeric expressions, fractional k) stay undecided.
+int Parser::binomial(int n, int k) {
+  if (is_matrix(n) || is_matrix(k)) throw Unsure{"binomial of a matrix"};
+  for (int x : {n, k}) {
+    std::vector<int> stack{x};
+    while (!stack.empty()) {
+      const Node& m = t_.at(stack.back());
+      stack.pop_back();
+      if (m.kind == NK::Num && m.isfloat) throw Unsure{"float binomial"};
+      if (m.kind == NK::Func && m.name.rfind("opaque:", 0) == 0) throw Unsure{"binomial"};
+      for (int c : m.kids) stack.push_back(c);
+    }
+  }
+  Rational kv, nv;
+  const bool k_val = !has_symbol(k) && exact_value(k, &kv), n_val = !has_symbol(n) && exact_value(n, &nv);
+  if (k_val && (n_val || has_symbol(n))) {
+    // binomial.eval's checks, in its order, on the values (the arguments may be unevaluated sums)
+    if (kv.is_zero()) return t_.num(Rational(1));
+    const Rational d = n_val ? nv - kv : Rational(1);  // (unused without a value of n)
+    const bool nonneg_or_frac = n_val && (!nv.is_neg() || !nv.is_integer());
+    if (nonneg_or_frac && d.is_zero()) return t_.num(Rational(1));
+    if (kv == Rational(1)) return n;
+    if (nonneg_or_frac && d == Rational(1)) return n;
+    if (!kv.is_integer()) throw Unsure{"binomial with a fractional k"};  // Gamma quotients there
+    if (kv.is_neg() || (n_val && !nv.is_neg() && nv.is_integer() && d.is_neg())) return t_.num(Rational(0));
+    // _eval computes a value only for an Integer k (not for an unevaluated 3 - 1) and a number n
+    if (!is_rational_num(k) || !n_val) return t_.func("binomial", {n, k});
+    if (!kv.num.fits_int64() || kv.num.to_int64() > 1000) throw Unsure{"huge binomial"};
+    const int64_t kk = kv.num.to_int64();
+    if (nv.is_integer() && !nv.is_neg()) {
+      if (Rational::cmp(kv, nv) > 0) return t_.num(Rational(0));
+      if (!nv.num.fits_int64() || nv.num.to_int64() > 1000000) throw Unsure{"huge binomial"};
+    } else if (nv.num.log10_abs() > 12 || nv.den.log10_abs() > 12) {
+      throw Unsure{"huge binomial"};
+    }
+    // (n - k + 1) (n - k + 2) ... n / k!: the value both of _eval's branches compute
+    Rational acc(1);
+    for (int64_t i = 1; i <= kk; ++i) acc = acc * (nv - kv + Rational(i)) / Rational(i);
+    return t_.num(acc);
+  }
+  if (has_symbol(k) && has_symbol(n)) return t_.func("binomial", {n, k});
+  if (has_symbol(k) && n_val) {
+    // a negative integer n with a k not known to be an integer is zoo there
+    if (!nv.is_integer() || !nv.is_neg()) return t_.func("binomial", {n, k});
+  }
+  throw Unsure{"binomial"};
+}
+
+// the exact value of a symbol-free rational expression (numbers, + * and integer powers)
+bool Parser::exact_value(int id, Rational* out) const {
+  const Node& m = t_.at(id);
+  switch (m.kind) {
+    case NK::Num:
+      if (m.isfloat) return false;
+      *out = m.val;
+      return true;
+    case NK::Add:
+    case NK::Mul: {
+      Rational acc(m.kind == NK::Add ? 0 : 1);
+      for (int c : m.kids) {
+        Rational v;
+        if (!exact_value(c, &v)) return false;
+        acc = m.kind == NK::Add ? acc + v : acc * v;
+      }
+      *out = acc;
+      return true;
+    }
+    case NK::Pow: {
+      Rational b, e;
+      if (!exact_value(m.kids[0], &b) || !exact_value(m.kids[1], &e)) return false;
+      if (!e.is_integer() || !e.num.fits_int64()) return false;
+      int64_t x = e.num.to_int64();
+      if (x < -64 || x > 64 || (b.is_zero() && x < 0)) return false;
+      Rational acc(1);
+      for (int64_t i = 0; i < (x < 0 ? -x : x); ++i) acc = acc * b;
+      *out = x < 0 ? Rational(1) / acc : acc;
+      return true;
+    }
+    default:
+      return false;
+  }
+}
+
+bool Parser::has_symbol(int id) const {
+  const Node& m = t_.at(id);
+  if (m.kind == NK::Sym) return true;
+  for (int c : m.kids)
+    if (has_symbol(c)) return true;
+  return false;
+}
+
+// \max / \min arguments are re-parsed there from the text of their tokens joined without the
+// spaces between them, split at every comma: undecided where that text could read differently
+// (2 3 becomes 23, \le q becomes \leq) or split differently (a nested comma).
+void Parser::check_reparsed_args(size_t from, size_t to) const {
+  int depth = 0;
+  for (size_t i = from; i < to; ++i) {
+    const Tok& k = tk_[i];
+    if (k.t == T::LParen || k.t == T::LBracket || k.t == T::LBrace || k.t == T::LBraceVis || k.t == T::LParenVis)
+      ++depth;
+    else if (k.t == T::RParen || k.t == T::RBracket || k.t == T::RBrace || k.t == T::RBraceVis ||
+             k.t == T::RParenVis)
+      --depth;
+    else if (k.t == T::Comma && depth != 0)
+      throw Unsure{"nested comma in a max / min argument"};
+    if (k.t == T::Accent && k.text.find(',') != std::string::npos) throw Unsure{"comma in a max / min argument"};
+    if (i + 1 < to && tk_[i + 1].b > k.e) {
+      auto word = [](char c) { return is_alnum(c) || c == '.'; };
+      if (word(src_[k.e - 1]) && word(src_[tk_[i + 1].b])) throw Unsure{"spaced max / min argument"};
+    }
+  }
+}
+
+// \gcd(4, 6), \lcm(4, 6), \gcd(u, v): the reference re-parses each argument's text, nsimplify()s
+// it and returns UnevaluatedExpr(sympy.gcd(args)) (a number that later doit() unwraps; no mixed
+// number or fraction literal is formed with it). Decided for non-negative integer literals, and
+// for the gcd of distinct single-letter symbols (polynomial gcd 1); anything else is undecided.
+int Parser::gcd_lcm() {
+  const bool is_gcd = cur().text == "gcd";
+  size_t q = p_ + 2;  // after "\gcd ("
+  std::vector<BigInt> ints;
+  std::vector<std::string> syms;
+  while (true) {
+    const Tok& a = tk_[q];
+    if (a.t == T::Num && a.text.find('.') == std::string::npos) {
+      BigInt v;
+      BigInt::from_string(a.text, &v);
+      ints.push_back(v);
+    } else if (a.t == T::Letter && a.text != "I") {
+      std::string nm(1, to_lower(a.text[0]));
+      if (std::find(syms.begin(), syms.end(), nm) != syms.end()) throw Unsure{"command"};
+      syms.push_back(nm);
+    } else {
+      throw Unsure{"command"};
+    }
+    ++q;
+    if (tk_[q].t == T::Comma) {
+      ++q;
+      continue;
+    }
+    if (tk_[q].t != T::RParen) throw Unsure{"command"};
+    break;
+  }
+  int val;
+  if (!syms.empty()) {
+    if (!ints.empty() || !is_gcd || syms.size() < 2) throw Unsure{"command"};
+    val = t_.num(Rational(1));
+  } else {
+    if (ints.size() < 2) throw Unsure{"command"};
+    BigInt acc = ints[0];
+    for (size_t i = 1; i < ints.size(); ++i) {
+      if (is_gcd) {
+        acc = BigInt::gcd(acc, ints[i]);
+      } else if (acc.is_zero() || ints[i].is_zero()) {
+        acc = BigInt(0);
+      } else {
+        BigInt g = BigInt::gcd(acc, ints[i]), quo;
+        BigInt::divmod(acc, g, &quo, nullptr);
+        acc = quo * ints[i];
+      }
+    }
+    val = t_.num(Rational(acc));
+  }
+  p_ = q + 1;
+  return t_.func("UnevaluatedExpr", {val});
 }
 
 int Parser::brace_expr() {
@@ -1164,7 +1371,12 @@ int Parser::comp(bool allow_func) {
     case T::LBrace: {
       ++p_;
       int e = expr();
-      if (ct() == T::Cmd && cur().text == "choose") throw Unsure{"choose"};
+      if (ct() == T::Cmd && cur().text == "choose") {  // binom: { upper \choose lower }
+        ++p_;
+        int lower = expr();
+        expect(T::RBrace);
+        return binomial(e, lower);
+      }
       expect(T::RBrace);
       return e;
     }
@@ -1218,18 +1430,30 @@ int Parser::comp(bool allow_func) {
         ++p_;
         int a = brace_expr();
         int b = brace_expr();
-        return t_.func("binomial", {a, b});
+        return binomial(a, b);
+      }
+      if (w == "lfloor" || w == "llcorner" || w == "lceil" || w == "ulcorner") {
+        // floor_group / ceil_group (also without functions): floor(expr, evaluate=False)
+        bool fl = w == "lfloor" || w == "llcorner";
+        const char* close = w == "lfloor" ? "rfloor" : w == "llcorner" ? "lrcorner" : w == "lceil" ? "rceil" : "urcorner";
+        ++p_;
+        int e = expr();
+        if (!is_cmd(close)) throw ParseError{};
+        ++p_;
+        return t_.func(fl ? "floor" : "ceiling", {e});
       }
       if (single_arg_funcs().count(w)) {
         if (!allow_func) throw ParseError{};
         return func();
       }
       if (allow_func && (w == "sum" || w == "prod" || w == "lim")) return big_operator();
+      if (allow_func && (w == "gcd" || w == "lcm") && peek() == T::LParen) return gcd_lcm();
       if (allow_func && (w == "max" || w == "min") && peek() == T::LParen) {
         // \max(a) is a; \max(a, b, ...) is sympy's unevaluated Max: opaque, like \sum
         ++p_;
         ++p_;
         std::vector<int> args;
+        const size_t first = p_;
         try {
           while (true) {
             args.push_back(expr());
@@ -1240,6 +1464,7 @@ int Parser::comp(bool allow_func) {
         } catch (ParseError&) {
           throw Unsure{"command"};
         }
+        check_reparsed_args(first, p_ - 1);
         if (args.size() == 1) return args[0];
         static std::atomic<uint64_t> counter{0};
         return t_.func("opaque:" + w + std::to_string(counter.fetch_add(1, std::memory_order_relaxed)), {});
@@ -1271,16 +1496,30 @@ std::string Parser::sub_text() {  // after '_': atom | { expr | args } -> source
       if (ct() == T::RBrace) --depth;
       ++p_;
     } while (depth > 0);
-    for (size_t i = start + 1; i + 1 < p_; ++i) {
+    bool simple = true;
+    for (size_t i = start + 1; i + 1 < p_ && simple; ++i) {
       const Tok& k = tk_[i];
-      if (k.t == T::Num || k.t == T::Letter || k.t == T::ExpE || k.t == T::EUpper || k.t == T::Diff) out += k.text;
+      if (k.t == T::Diff && k.e - k.b != 2) simple = false;  // "d x", "d\alpha": by source text, below
+      else if (k.t == T::Num || k.t == T::Letter || k.t == T::ExpE || k.t == T::EUpper || k.t == T::Diff) out += k.text;
       else if (k.t == T::Add) out += "+";
       else if (k.t == T::Sub) out += "-";
       else if (k.t == T::Comma) out += ",";
-      else throw Unsure{"complex subscript"};
+      else simple = false;
     }
-    if (out.empty()) throw ParseError{};
-    return out;
+    if (simple) {
+      if (out.empty()) throw ParseError{};
+      return out;
+    }
+    // any other subscript (a_{\sigma(1)}, A_{\text{min}}, a_{2^r}): the grammar's expr or args,
+    // which the reference names by its token texts run together (getText()); the parse only
+    // checks it is one
+    size_t end = p_;
+    p_ = start + 1;
+    expr();
+    while (accept(T::Comma)) expr();
+    if (p_ != end - 1) throw ParseError{};
+    p_ = end;
+    return raw_text(start + 1, end - 1);
   }
   const Tok& k = cur();
   if (k.t == T::Num || k.t == T::Letter || k.t == T::EUpper) {
@@ -1288,7 +1527,20 @@ std::string Parser::sub_text() {  // after '_': atom | { expr | args } -> source
     return k.text;
   }
   if (k.t == T::ExpE) throw ParseError{};  // 'e' is no atom of the grammar
+  if (k.t == T::Greek || k.t == T::OtherSym || k.t == T::Infty || k.t == T::Accent) {
+    // a single atom: a_\infty, x_\alpha, A_\text{max} (by its source text, as above)
+    if (peek() == T::Underscore || peek() == T::Caret) throw Unsure{"complex subscript"};
+    ++p_;
+    return raw_text(p_ - 1, p_);
+  }
   throw Unsure{"complex subscript"};
+}
+
+// the reference's getText() of tokens [a, b): their source texts without the skipped whitespace
+std::string Parser::raw_text(size_t a, size_t b) const {
+  std::string out;
+  for (size_t i = a; i < b; ++i) out += src_.substr(tk_[i].b, tk_[i].e - tk_[i].b);
+  return strip(out);  // getText().strip()
 }
 
 int Parser::atom_expr() {
@@ -1473,6 +1725,102 @@ int Parser::atom() {
   }
 }
 
+// ---- shapes the reference grammar never accepts, whatever surrounds them ------------------
+// Each makes the whole input a syntax error there (latex2sympy raises; math-verify then tries the
+// last equation of a chain, or the next candidate), even where our parser does not model every
+// other token of the input. Only the tokens involved are checked.
+
+// '_' (subexpr, subeq, limit_sub, eval_at_sub, transform_atom) takes an atom or '{': none of
+// these tokens starts one
+bool cannot_follow_underscore(T t) {
+  switch (t) {
+    case T::LParen: case T::RParen: case T::LBracket: case T::RBracket: case T::RBrace: case T::Add:
+    case T::Sub: case T::Mul: case T::Div: case T::Comma: case T::Semi: case T::Assign: case T::EqEq:
+    case T::Lt: case T::Le: case T::Gt: case T::Ge: case T::Ne: case T::Underscore: case T::Caret:
+    case T::Eof:
+      return true;
+    default:
+      return false;
+  }
+}
+
+// index of the '}' closing the '{' at tk[open], or 0 when unbalanced (every '{' of the grammar
+// is closed by a '}'; accents and \mathbb{..} swallow their own braces in both lexers)
+size_t closing_brace(const std::vector<Tok>& tk, size_t open) {
+  int depth = 0;
+  for (size_t j = open; j < tk.size(); ++j) {
+    if (tk[j].t == T::LBrace) ++depth;
+    else if (tk[j].t == T::RBrace && --depth == 0) return j;
+  }
+  return 0;
+}
+
+// \sum / \prod: (subeq supexpr | supexpr subeq) mp, subeq = '_' '{' expr (= | == | \equiv) expr '}'.
+// A subscript first that is no such equation (\sum_{s \in S}, \sum_{i<j}, \sum_k), or one not
+// followed by '^', or neither '_' nor '^' after the operator, is an error. (A superscript first
+// is left to the parser.)
+bool bad_big_operator(const std::vector<Tok>& tk, size_t i) {
+  size_t j = i + 1;
+  if (tk[j].t == T::Caret) return false;
+  if (tk[j].t != T::Underscore) return true;
+  if (tk[j + 1].t != T::LBrace) return true;
+  size_t m = closing_brace(tk, j + 1);
+  if (m == 0) return true;
+  bool eq = false;
+  for (size_t q = j + 2; q < m; ++q) {
+    switch (tk[q].t) {
+      case T::In: case T::NotIn: case T::Lt: case T::Le: case T::Gt: case T::Ge: case T::Ne: case T::Approx:
+        return true;  // no relation token can occur inside an expr
+      case T::Assign: case T::EqEq:
+        eq = true;
+        break;
+      default:
+        break;
+    }
+  }
+  return !eq || tk[m + 1].t != T::Caret;
+}
+
+// dot_product: \langle expr \rangle. A comma directly inside (no bracket of any kind open around
+// it) belongs to no expr: \langle b, c \rangle is an error.
+bool comma_in_angle(const std::vector<Tok>& tk, size_t i) {
+  int depth = 0;
+  for (size_t j = i + 1; j < tk.size(); ++j) {
+    const Tok& k = tk[j];
+    switch (k.t) {
+      case T::LParen: case T::LBracket: case T::LBrace: case T::LBraceVis: case T::LParenVis: case T::LGroup:
+      case T::LBrack:
+        ++depth;
+        break;
+      case T::RParen: case T::RBracket: case T::RBrace: case T::RBraceVis: case T::RParenVis: case T::RGroup:
+      case T::RBrack:
+        if (--depth < 0) return false;
+        break;
+      case T::Comma:
+        if (depth == 0) return true;
+        break;
+      case T::Cmd:
+        if (k.text == "rangle" || k.text == "langle") return false;
+        break;
+      case T::MatBegin: case T::MatEnd: case T::Eof:
+        return false;
+      default:
+        break;
+    }
+  }
+  return false;
+}
+
+bool definite_syntax_error(const std::vector<Tok>& tk) {
+  for (size_t i = 0; i + 1 < tk.size(); ++i) {
+    const Tok& k = tk[i];
+    if (k.t == T::Underscore && cannot_follow_underscore(tk[i + 1].t)) return true;
+    if (k.t == T::Cmd && (k.text == "sum" || k.text == "prod") && bad_big_operator(tk, i)) return true;
+    if (k.t == T::Cmd && k.text == "langle" && comma_in_angle(tk, i)) return true;
+  }
+  return false;
+}
+
 // comma_number_regex: ^\s*-?\d{1,3}(,\d{3})+(\.\d+)?\s*$
 bool comma_number(const std::string& s, std::string* digits) {
   std::string t = strip(s);
@@ -1545,7 +1893,8 @@ ParseStatus parse_latex(const std::string& s, Tree* out) {
   bool all_basic = true;
   for (const Tok& t : toks) all_basic = all_basic && t.basic;
   if (toks.size() == 1) return ParseStatus::Fail;  // empty
-  Parser p(toks, out);
+  if (definite_syntax_error(toks)) return ParseStatus::Fail;
+  Parser p(toks, out, s);
   try {
     out->root = p.math();
   } catch (ParseError&) {
