@@ -472,3 +472,29 @@ def test_cpp_call_releases_the_gil():
         time.sleep(0.001)
     th.join()
     assert seen >= 20, seen
+
+
+# the number regex of the extractor has a direct matcher (csrc/number_scan.cpp); it must give the
+# regex engine's matches exactly: offsets and every capture group
+_NUM_PIECES = list("0123456789 ,.-=*$%Pperctnagx\n") + [
+    "\u00a0", "\u2003", "\u20ac", "\u00a3", "\u0661", "\u00e9", "**", "percent", "Pct", "percentage", " 1,234",
+    "1 234 567", ".5", "\u2028"]
+
+
+@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.sampled_from(_NUM_PIECES), max_size=16).map("".join))
+def test_number_matcher_equals_the_regex_engine(text):
+    from paced_kernels import _scorer
+    assert _scorer.number_matches(text, False) == _scorer.number_matches(text, True)
+
+
+@pytest.mark.parametrize("text", [
+    "", "5", " 1,234,567.89 percent", "=-0,5%", "x 12345,678 y", "$1 234 5678", "** 3 Pct", "\u00a0\u20ac12",
+    "a 1.2.3 b", "= .75 ", "12 = 34 = 1,23", "So the total is 1,000,000 and 2,50 per item.",
+])
+def test_number_matcher_examples(text):
+    from paced_kernels import _scorer
+    got = _scorer.number_matches(text, False)
+    assert got == _scorer.number_matches(text, True)
+    if any(ch.isdigit() for ch in text):
+        assert got, text  # the examples all hold a number the pattern reads
