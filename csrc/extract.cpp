@@ -575,6 +575,7 @@ bool extract_cand(const std::string& s, const Cand& c, Tree* out, std::string* s
             elems.push_back(t.import(tr, tr.root));
           }
           t.complex = t.complex || tr.complex;
+          t.import_bigops(tr);
         }
         t.root = t.op(NK::FSet, elems);
         *out = std::move(t);
