@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "core.hpp"
+#include "number_scan.hpp"
 
 namespace py = pybind11;
 
@@ -321,6 +322,27 @@ PYBIND11_MODULE(_scorer, m) {
         return d;
       },
       py::arg("gold"), py::arg("response"), "Debug view of one comparison (internal).");
+
+  m.def(
+      "number_matches",
+      [](py::object text, bool use_engine) {
+        std::string s = to_bytes(text.ptr());
+        std::vector<Regex::Match> ms;
+        {
+          py::gil_scoped_release release;
+          ms = number_plain_matches(s, use_engine);
+        }
+        py::list out;
+        for (auto& m : ms) {
+          py::list groups;
+          for (auto& g : m.groups) groups.append(py::make_tuple(g.first, g.second));
+          out.append(py::make_tuple(m.start, m.end, groups));
+        }
+        return out;
+      },
+      py::arg("text"), py::arg("use_engine") = false,
+      "The extractor's number matches (byte offsets and capture groups): its direct matcher, or the regex "
+      "engine on the same pattern (internal, for tests).");
 
   m.def(
       "normalize",

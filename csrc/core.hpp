@@ -103,6 +103,9 @@ struct Tree {
   int root = -1;
   bool complex = false;  // the answer text looks complex (i, \mathbb{C}, ...): symbols are not real
   std::vector<BigOp> bigops;
+  // several answer groups joined into one set, read in different modes (some complex, some real):
+  // which symbols are real is not known per node
+  bool complex_mixed = false;
 
   int add(Node n) {
     if (nodes.size() >= Limits::kMaxNodes) throw TooBig{"too many expression nodes"};

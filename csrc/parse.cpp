@@ -150,7 +150,7 @@ class Lexer {
         out.back().e = i_ + 1;
       if (out.size() > Limits::kMaxNodes) throw TooBig{"too many tokens"};
     }
-    out.push_back(Tok{T::Eof, "", "", true});
+    out.push_back(Tok{T::Eof, "", "", true, s_.size(), s_.size()});
     return out;
   }
 
@@ -359,6 +359,12 @@ class Lexer {
     if (other_symbols().count(w)) return tok(T::OtherSym, w);
     bool basic = w == "frac" || w == "dfrac" || w == "tfrac" || w == "cfrac" || w == "sqrt" || w == "boxed" ||
                  w == "sum" || w == "prod" || w == "lim" ||  // big operators: every unmodelled shape is Unsure
+                 w == "binom" || w == "dbinom" || w == "tbinom" || w == "choose" ||  // \binom{a}{b}, {a \choose b}
+                 w == "mod" ||                                                    // a \mod b, like a * b
+                 w == "max" || w == "min" ||  // \max(a, ...) as the grammar reads it; other shapes are Unsure
+                 // LIM_APPROACH_SYM is a token of \lim's subscript only: anywhere else a syntax error
+                 w == "to" || w == "rightarrow" || w == "Rightarrow" || w == "longrightarrow" ||
+                 w == "Longrightarrow" ||
                  w == "lfloor" || w == "rfloor" || w == "lceil" || w == "rceil";  // floor_group, ceil_group
     return tok(T::Cmd, w, basic);
   }
@@ -385,24 +391,33 @@ class Lexer {
       return tok(T::Caret);
     }
     if (is_alpha(c)) {
-      // DIFFERENTIAL: 'd' WS*? ([a-zA-Z] | '\' [a-zA-Z]+)
-      if (c == 'd') {
-        size_t j = i_ + 1;
-        while (j < s_.size() && is_space(s_[j])) ++j;
-        if (j < s_.size() && is_alpha(s_[j])) {
-          std::string name = "d" + std::string(1, s_[j]);
-          i_ = j + 1;
-          return tok(T::Diff, name, false);
-        }
-        if (j + 1 < s_.size() && s_[j] == '\\' && is_alpha(s_[j + 1])) throw Unsure{"differential command"};
-      }
-      // multi-letter operator names the grammar lexes as single tokens (gcd, floor, norm, eye, ...)
+      // multi-letter operator names the grammar lexes as single tokens (gcd, floor, norm, eye, ...);
+      // checked first: "diag" is one token there, longer than the DIFFERENTIAL "di"
       static const char* names[] = {"arsinh", "arcsinh", "arcosh", "arccosh", "artanh", "arctanh", "gcd", "lcm",
                                     "floor", "ceil", "eye", "zeros", "ones", "cols", "rows", "diag", "norm",
                                     "rank", "trace", "tr", "rref", "hstack", "vstack", "nullspace", "orth",
                                     "eig", "svd", "SVD", "matrix", "pmatrix", "bmatrix", "vmatrix"};
       for (const char* nm : names)
         if (starts_with(s_, i_, nm)) throw Unsure{"operator-name letters"};
+      // DIFFERENTIAL: 'd' WS*? ([a-zA-Z] | '\' [a-zA-Z]+), always longer than the letter 'd', so
+      // "d\le 5" is the symbol dle times 5 there; the symbol is 'd' + the letters (the case kept)
+      if (c == 'd') {
+        size_t j = i_ + 1;
+        while (j < s_.size() && is_space(s_[j])) ++j;
+        if (j < s_.size() && is_alpha(s_[j])) {
+          std::string name = "d" + std::string(1, s_[j]);
+          i_ = j + 1;
+          return tok(T::Diff, name);
+        }
+        if (j + 1 < s_.size() && s_[j] == '\\' && is_alpha(s_[j + 1])) {
+          size_t e = j + 1;
+          while (e < s_.size() && is_alpha(s_[e])) ++e;
+          Tok t = tok(T::Diff, "d" + s_.substr(j + 1, e - j - 1));
+          t.aux = "cmd";  // its source text is not its name (subscripts use source text)
+          i_ = e;
+          return t;
+        }
+      }
       ++i_;
       if (c == 'e') return tok(T::ExpE, "e");
       if (c == 'E') return tok(T::EUpper, "E");
@@ -492,6 +507,11 @@ class Lexer {
     throw ParseError{};
   }
 };
+
+// LIM_APPROACH_SYM
+bool is_approach(const std::string& w) {
+  return w == "to" || w == "rightarrow" || w == "Rightarrow" || w == "longrightarrow" || w == "Longrightarrow";
+}
 
 // ---------------------------------------------------------------------------------- parser
 class Parser {
@@ -618,6 +638,10 @@ class Parser {
   int matrix();
   int sup_value();
   int brace_expr();
+  int binomial(int n, int k);
+  bool has_symbol(int id) const;
+  bool exact_value(int id, Rational* out) const;
+  void check_reparsed_args(size_t from, size_t to) const;
 };
 
 bool Parser::is_symbols_only(int id) const {
@@ -987,7 +1011,8 @@ int Parser::postfix(bool allow_func) {
   while (true) {
     if (ct() == T::Bang) {
       ++p_;
-      if (ct() == T::Assign) throw Unsure{"!="};
+      // "!=" written together is one token (Ne, see the lexer); "5! = 120" with anything between
+      // the two is a factorial and then '=' for the reference's lexer too
       e = t_.func("factorial", {e});
     } else if (ct() == T::Degree) {
       ++p_;  // degrees are kept as plain numbers (convert_degrees=False)
@@ -1017,7 +1042,7 @@ int Parser::big_operator() {
     if (ct() == T::Letter && cur().text != "I") op.var = std::string(1, to_lower(cur().text[0]));
     ++p_;
     if (lim) {
-      if (!(ct() == T::Cmd && (cur().text == "to" || cur().text == "rightarrow"))) throw Unsure{"command"};
+      if (!(ct() == T::Cmd && is_approach(cur().text))) throw Unsure{"command"};
       ++p_;
       expr();
     } else {
@@ -1047,6 +1072,126 @@ int Parser::big_operator() {
   return id;
 }
 
+// sympy.binomial(n, k) evaluates as it is built (binomial.eval): k = 0 gives 1, k = 1 gives n, a
+// negative integer k gives 0, and rational n with integer k gives the rational value (so
+// 2\binom{4}{2} is the mixed number 2 + 6 there). Symbolic arguments stay binomial(n, k); shapes
+// whose evaluation we do not mirror (floats, numeric expressions, fractional k) stay undecided.
+int Parser::binomial(int n, int k) {
+  if (is_matrix(n) || is_matrix(k)) throw Unsure{"binomial of a matrix"};
+  for (int x : {n, k}) {
+    std::vector<int> stack{x};
+    while (!stack.empty()) {
+      const Node& m = t_.at(stack.back());
+      stack.pop_back();
+      if (m.kind == NK::Num && m.isfloat) throw Unsure{"float binomial"};
+      if (m.kind == NK::Func && m.name.rfind("opaque:", 0) == 0) throw Unsure{"binomial"};
+      for (int c : m.kids) stack.push_back(c);
+    }
+  }
+  Rational kv, nv;
+  const bool k_val = !has_symbol(k) && exact_value(k, &kv), n_val = !has_symbol(n) && exact_value(n, &nv);
+  if (k_val && (n_val || has_symbol(n))) {
+    // binomial.eval's checks, in its order, on the values (the arguments may be unevaluated sums)
+    if (kv.is_zero()) return t_.num(Rational(1));
+    const Rational d = n_val ? nv - kv : Rational(1);  // (unused without a value of n)
+    const bool nonneg_or_frac = n_val && (!nv.is_neg() || !nv.is_integer());
+    if (nonneg_or_frac && d.is_zero()) return t_.num(Rational(1));
+    if (kv == Rational(1)) return n;
+    if (nonneg_or_frac && d == Rational(1)) return n;
+    if (!kv.is_integer()) throw Unsure{"binomial with a fractional k"};  // Gamma quotients there
+    if (kv.is_neg() || (n_val && !nv.is_neg() && nv.is_integer() && d.is_neg())) return t_.num(Rational(0));
+    // _eval computes a value only for an Integer k (not for an unevaluated 3 - 1) and a number n
+    if (!is_rational_num(k) || !n_val) return t_.func("binomial", {n, k});
+    if (!kv.num.fits_int64() || kv.num.to_int64() > 1000) throw Unsure{"huge binomial"};
+    const int64_t kk = kv.num.to_int64();
+    if (nv.is_integer() && !nv.is_neg()) {
+      if (Rational::cmp(kv, nv) > 0) return t_.num(Rational(0));
+      if (!nv.num.fits_int64() || nv.num.to_int64() > 1000000) throw Unsure{"huge binomial"};
+    } else if (nv.num.log10_abs() > 12 || nv.den.log10_abs() > 12) {
+      throw Unsure{"huge binomial"};
+    }
+    // (n - k + 1) (n - k + 2) ... n / k!: the value both of _eval's branches compute
+    Rational acc(1);
+    for (int64_t i = 1; i <= kk; ++i) acc = acc * (nv - kv + Rational(i)) / Rational(i);
+    return t_.num(acc);
+  }
+  if (has_symbol(k) && has_symbol(n)) return t_.func("binomial", {n, k});
+  if (has_symbol(k) && n_val) {
+    // a negative integer n with a k not known to be an integer is zoo there
+    if (!nv.is_integer() || !nv.is_neg()) return t_.func("binomial", {n, k});
+  }
+  throw Unsure{"binomial"};
+}
+
+// the exact value of a symbol-free rational expression (numbers, + * and integer powers)
+bool Parser::exact_value(int id, Rational* out) const {
+  const Node& m = t_.at(id);
+  switch (m.kind) {
+    case NK::Num:
+      if (m.isfloat) return false;
+      *out = m.val;
+      return true;
+    case NK::Add:
+    case NK::Mul: {
+      Rational acc(m.kind == NK::Add ? 0 : 1);
+      for (int c : m.kids) {
+        Rational v;
+        if (!exact_value(c, &v)) return false;
+        acc = m.kind == NK::Add ? acc + v : acc * v;
+      }
+      *out = acc;
+      return true;
+    }
+    case NK::Pow: {
+      Rational b, e;
+      if (!exact_value(m.kids[0], &b) || !exact_value(m.kids[1], &e)) return false;
+      if (!e.is_integer() || !e.num.fits_int64()) return false;
+      int64_t x = e.num.to_int64();
+      if (x < -64 || x > 64 || (b.is_zero() && x < 0)) return false;
+      Rational acc(1);
+      for (int64_t i = 0; i < (x < 0 ? -x : x); ++i) acc = acc * b;
+      *out = x < 0 ? Rational(1) / acc : acc;
+      return true;
+    }
+    default:
+      return false;
+  }
+}
+
+bool Parser::has_symbol(int id) const {
+  const Node& m = t_.at(id);
+  if (m.kind == NK::Sym) return true;
+  for (int c : m.kids)
+    if (has_symbol(c)) return true;
+  return false;
+}
+
+// \max / \min arguments are re-parsed there from the text of their tokens joined without the
+// spaces between them, split at every comma: undecided where that text could read differently
+// (2 3 becomes 23, \le q becomes \leq) or split differently (a nested comma).
+void Parser::check_reparsed_args(size_t from, size_t to) const {
+  int depth = 0;
+  for (size_t i = from; i < to; ++i) {
+    const Tok& k = tk_[i];
+    if (k.t == T::LParen || k.t == T::LBracket || k.t == T::LBrace || k.t == T::LBraceVis || k.t == T::LParenVis)
+      ++depth;
+    else if (k.t == T::RParen || k.t == T::RBracket || k.t == T::RBrace || k.t == T::RBraceVis ||
+             k.t == T::RParenVis)
+      --depth;
+    else if (k.t == T::Comma && depth != 0)
+      throw Unsure{"nested comma in a max / min argument"};
+    if (k.t == T::Accent && k.text.find(',') != std::string::npos) throw Unsure{"comma in a max / min argument"};
+    if (i + 1 < to && tk_[i + 1].b > k.e) {
+      auto word = [](char c) { return is_alnum(c) || c == '.'; };
+      if (word(src_[k.e - 1]) && word(src_[tk_[i + 1].b])) throw Unsure{"spaced max / min argument"};
+    }
+  }
+}
+
+// \gcd(4, 6), \lcm(4, 6), \gcd(u, v): the reference re-parses each argument's text, nsimplify()s
+// it and returns UnevaluatedExpr(sympy.gcd(args)) (a number that later doit() unwraps; no mixed
+// number or fraction literal is formed with it). Decided for non-negative integer literals, and
+// for the gcd of distinct single-letter symbols (polynomial gcd 1); anything else is undecided.
 int Parser::gcd_lcm() {
   const bool is_gcd = cur().text == "gcd";
   size_t q = p_ + 2;  // after "\gcd ("
@@ -1246,7 +1391,12 @@ int Parser::comp(bool allow_func) {
     case T::LBrace: {
       ++p_;
       int e = expr();
-      if (ct() == T::Cmd && cur().text == "choose") throw Unsure{"choose"};
+      if (ct() == T::Cmd && cur().text == "choose") {  // binom: { upper \choose lower }
+        ++p_;
+        int lower = expr();
+        expect(T::RBrace);
+        return binomial(e, lower);
+      }
       expect(T::RBrace);
       return e;
     }
@@ -1300,7 +1450,7 @@ int Parser::comp(bool allow_func) {
         ++p_;
         int a = brace_expr();
         int b = brace_expr();
-        return t_.func("binomial", {a, b});
+        return binomial(a, b);
       }
       if (w == "lfloor" || w == "llcorner" || w == "lceil" || w == "ulcorner") {
         // floor_group / ceil_group (also without functions): floor(expr, evaluate=False)
@@ -1323,6 +1473,7 @@ int Parser::comp(bool allow_func) {
         ++p_;
         ++p_;
         std::vector<int> args;
+        const size_t first = p_;
         try {
           while (true) {
             args.push_back(expr());
@@ -1333,6 +1484,7 @@ int Parser::comp(bool allow_func) {
         } catch (ParseError&) {
           throw Unsure{"command"};
         }
+        check_reparsed_args(first, p_ - 1);
         if (args.size() == 1) return args[0];
         static std::atomic<uint64_t> counter{0};
         return t_.func("opaque:" + w + std::to_string(counter.fetch_add(1, std::memory_order_relaxed)), {});
@@ -1381,7 +1533,8 @@ std::string Parser::sub_text() {  // after '_': atom | { expr | args } -> source
     bool simple = true;
     for (size_t i = start + 1; i + 1 < p_ && simple; ++i) {
       const Tok& k = tk_[i];
-      if (k.t == T::Num || k.t == T::Letter || k.t == T::ExpE || k.t == T::EUpper || k.t == T::Diff) out += k.text;
+      if (k.t == T::Diff && k.e - k.b != 2) simple = false;  // "d x", "d\alpha": by source text, below
+      else if (k.t == T::Num || k.t == T::Letter || k.t == T::ExpE || k.t == T::EUpper || k.t == T::Diff) out += k.text;
       else if (k.t == T::Add) out += "+";
       else if (k.t == T::Sub) out += "-";
       else if (k.t == T::Comma) out += ",";
