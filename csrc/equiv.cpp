@@ -47,6 +47,12 @@ struct Ctx {
   // can only show that two expressions differ (ext_used then forbids a True)
   bool allow_ext = false;
   bool ext_used = false;
+  // inside the evaluation at integer points only: sums / products with integer bounds take their
+  // values; `mag` collects the size of their terms (cancellation among them limits the accuracy)
+  bool allow_bigop = false;
+  double mag = 0;
+  // exact evaluation at a rational point: the symbols' values (else symbols are not exact)
+  const std::map<std::string, Rational>* renv = nullptr;
   // with allow_ext: an undefined function call's value depends on the function's name only (as
   // for math-verify's unwrap_fcs, which turns each call into a symbol of its own)
   bool fn_by_name = false;
@@ -68,6 +74,13 @@ bool exact(Ctx& c, int id, Rational* out) {
     case NK::Num:
       *out = n.val;
       return true;
+    case NK::Sym: {
+      if (!c.renv) return false;
+      auto it = c.renv->find(n.name);
+      if (it == c.renv->end()) return false;
+      *out = it->second;
+      return true;
+    }
     case NK::Pct: {
       Rational v;
       if (!exact(c, n.kids[0], &v)) return false;
@@ -164,6 +177,35 @@ bool exact(Ctx& c, int id, Rational* out) {
         return true;
       }
       if (n.name == "UnevaluatedExpr") return exact(c, n.kids[0], out);  // \gcd, \lcm: doit() unwraps it
+      if (c.renv && c.allow_bigop && n.name.rfind("opaque:", 0) == 0) {
+        const BigOp* op = c.t.bigop(n.name);
+        if (!op) return false;
+        Rational lo, hi;
+        if (!exact(c, op->lo, &lo) || !exact(c, op->hi, &hi)) return false;
+        if (!lo.is_integer() || !hi.is_integer()) return false;
+        Rational cnt = hi - lo + Rational(1);
+        if (cnt.is_neg() || cnt.is_zero() || !cnt.num.fits_int64() || cnt.num.to_int64() > 200) return false;
+        std::map<std::string, Rational> env = *c.renv;
+        const std::map<std::string, Rational>* saved = c.renv;
+        Rational acc(op->prod ? 1 : 0);
+        bool ok = true;
+        for (int64_t k = 0; k < cnt.num.to_int64() && ok; ++k) {
+          env[op->var] = lo + Rational(BigInt(k));
+          c.renv = &env;
+          Rational v;
+          try {
+            ok = exact(c, op->body, &v);
+          } catch (...) {
+            c.renv = saved;
+            throw;
+          }
+          c.renv = saved;
+          if (ok) acc = op->prod ? acc * v : acc + v;
+        }
+        if (!ok) return false;
+        *out = acc;
+        return true;
+      }
       if (n.name == "floor" || n.name == "ceiling") {  // doit() / evalf() of floor(q): an Integer
         Rational v;
         if (!exact(c, n.kids[0], &v)) return false;
@@ -277,6 +319,28 @@ cd ev(Ctx& c, int id, const Env& env) {
         return std::tgamma(n + 1) / (std::tgamma(k + 1) * std::tgamma(n - k + 1));
       }
       if (f == "UnevaluatedExpr") return a[0];
+      if (c.allow_bigop && f.rfind("opaque:", 0) == 0 && c.t.bigop(f)) {
+        const BigOp& op = *c.t.bigop(f);
+        cd lo = ev(c, op.lo, env), hi = ev(c, op.hi, env);
+        auto integral = [](cd z) {
+          return z.imag() == 0 && std::isfinite(z.real()) && std::abs(z.real()) < 1e6 &&
+                 std::abs(z.real() - std::round(z.real())) < 1e-9;
+        };
+        if (!integral(lo) || !integral(hi)) throw Unsure{"bounds"};
+        long l = std::lround(lo.real()), h = std::lround(hi.real());
+        if (h < l || h - l > 200) throw Unsure{"bounds"};
+        Env e2 = env;
+        cd acc = op.prod ? 1.0 : 0.0;
+        for (long k = l; k <= h; ++k) {
+          e2[op.var] = cd((double)k, 0);
+          cd v = ev(c, op.body, e2);
+          acc = op.prod ? acc * v : acc + v;
+          c.mag = std::max(c.mag, std::abs(v));
+          c.mag = std::max(c.mag, std::abs(acc));
+        }
+        return acc;
+      }
+      if (f == "EulerGamma") return cd(0.57721566490153286, 0);
       if (f == "floor" || f == "ceiling") {
         Rational r;
         if (exact(c, id, &r)) return r.to_double();
@@ -318,6 +382,17 @@ void collect_syms(const Tree& t, int id, std::vector<std::string>* out, bool* ha
     if (std::find(out->begin(), out->end(), n.name) == out->end()) out->push_back(n.name);
   }
   if (n.kind == NK::Func && n.name != "Abs") *has_func = true;
+  if (n.kind == NK::Func && n.name.rfind("opaque:", 0) == 0) {
+    // a Sum's free symbols: its bounds', and its body's other than the bound one
+    if (const BigOp* op = t.bigop(n.name)) {
+      collect_syms(t, op->lo, out, has_func, depth + 1);
+      collect_syms(t, op->hi, out, has_func, depth + 1);
+      std::vector<std::string> body;
+      collect_syms(t, op->body, &body, has_func, depth + 1);
+      for (const std::string& v : body)
+        if (v != op->var && std::find(out->begin(), out->end(), v) == out->end()) out->push_back(v);
+    }
+  }
   if (n.kind == NK::Pow) {
     const Node& e = t.at(n.kids[1]);
     if (e.kind != NK::Num) *has_func = true;
@@ -839,6 +914,7 @@ bool has_inf(const Tree& t, int id, int depth) {
   return false;
 }
 
+// an undefined function call f(x), or an opaque node (\sum, \lim, Max: its arguments could hold one)
 // nonzero numbers times at least one power of 0 with a negative integer exponent (and nothing else)
 bool is_zoo_product(const Tree& t, int id) {
   auto zero_pow = [&](const Node& n) {
@@ -863,9 +939,125 @@ bool is_zoo_product(const Tree& t, int id) {
 bool has_undef_call(const Tree& t, int id, int depth = 0) {
   if (depth > Limits::kMaxDepth) throw TooBig{"deep"};
   const Node& n = t.at(id);
-  if (n.kind == NK::Func && n.name.rfind("fn:", 0) == 0) return true;
+  if (n.kind == NK::Func && (n.name.rfind("fn:", 0) == 0 || n.name.rfind("opaque:", 0) == 0)) return true;
   for (int k : n.kids)
     if (has_undef_call(t, k, depth + 1)) return true;
+  return false;
+}
+
+// numbers, symbols, pi, e, sums, products and powers only
+bool plain_algebra(const Tree& t, int id, int depth = 0) {
+  if (depth > Limits::kMaxDepth) throw TooBig{"deep"};
+  const Node& n = t.at(id);
+  switch (n.kind) {
+    case NK::Num:
+    case NK::Sym:
+    case NK::Pi:
+    case NK::E:
+      return true;
+    case NK::Add:
+    case NK::Mul:
+    case NK::Pow:
+      for (int k : n.kids)
+        if (!plain_algebra(t, k, depth + 1)) return false;
+      return true;
+    default:
+      return false;
+  }
+}
+
+// an undefined function applied to arguments, f(x) or C(n, k), against an expression without
+// any undefined function: their difference never simplifies to 0
+bool undef_call_vs_other(const Tree& t, int g, int p) {
+  auto is_undef_call = [&](int id) {
+    const Node& n = t.at(id);
+    return n.kind == NK::Func && n.name.rfind("fn:", 0) == 0;
+  };
+  return (is_undef_call(g) && !has_undef_call(t, p)) || (is_undef_call(p) && !has_undef_call(t, g));
+}
+
+// exact values at rational points of plain algebra with integer powers (too large for a double:
+// n^{1987} + 2^{1987}): a difference at one point shows the two rational functions differ
+bool differ_at_rational_points(Ctx& c, int g, int p, const std::vector<std::string>& syms) {
+  if (!plain_algebra(c.t, g) || !plain_algebra(c.t, p)) return false;
+  static const int pts[][4][2] = {{{3, 7}, {-4, 3}, {11, 5}, {5, 7}},
+                                  {{5, 3}, {4, 7}, {-7, 8}, {9, 4}},
+                                  {{-2, 5}, {7, 3}, {3, 11}, {-6, 7}}};
+  for (const auto& pt : pts) {
+    std::map<std::string, Rational> env;
+    for (size_t i = 0; i < syms.size(); ++i)
+      env[syms[i]] = Rational::make(BigInt(pt[i % 4][0]), BigInt(pt[i % 4][1])) +
+                     Rational::make(BigInt((long)(i / 4)), BigInt(13));
+    c.renv = &env;
+    Rational a, b;
+    bool ok = false;
+    try {
+      ok = exact(c, g, &a) && exact(c, p, &b);
+    } catch (Unsure&) {
+    } catch (TooBig&) {
+    } catch (...) {
+      c.renv = nullptr;
+      throw;
+    }
+    c.renv = nullptr;
+    if (ok && !(a == b)) return true;
+  }
+  return false;
+}
+
+bool has_bigop(const Tree& t, int id, int depth = 0) {
+  if (depth > Limits::kMaxDepth) throw TooBig{"deep"};
+  const Node& n = t.at(id);
+  if (n.kind == NK::Func && t.bigop(n.name)) return true;
+  for (int k : n.kids)
+    if (has_bigop(t, k, depth + 1)) return true;
+  return false;
+}
+
+// \sum_{k=0}^{n} ... against a closed form: a Sum with symbolic bounds has values only where its
+// bounds are integers. With every symbol an integer, its terms are summed (exactly when they are
+// rational; else in doubles, undefined functions as fixed pseudo-random ones, with a tolerance
+// scaled by the largest term): a difference at one such point shows the two differ, whatever
+// closed form sympy finds for the Sum. Agreement proves nothing.
+bool differ_at_integer_points(Ctx& c, int g, int p, const std::vector<std::string>& syms) {
+  if (!has_bigop(c.t, g) && !has_bigop(c.t, p)) return false;
+  static const int pts[][4] = {{4, 7, 3, 5}, {5, 3, 6, 4}, {6, 5, 4, 7}, {7, 4, 5, 3}};
+  bool differ = false;
+  for (const auto& pt : pts) {
+    std::map<std::string, Rational> renv;
+    Env env;
+    for (size_t i = 0; i < syms.size(); ++i) {
+      long v = pt[i % 4] + 2 * (long)(i / 4);
+      renv[syms[i]] = Rational(BigInt(v));
+      env[syms[i]] = cd((double)v, 0);
+    }
+    c.allow_bigop = true;
+    c.renv = &renv;
+    try {
+      Rational a, b;
+      bool ex = exact(c, g, &a) && exact(c, p, &b);
+      c.renv = nullptr;
+      if (ex) {
+        differ = !(a == b);
+      } else {
+        c.allow_ext = true;
+        c.mag = 0;
+        cd x = ev(c, g, env), y = ev(c, p, env);
+        double scale = std::max({1.0, std::abs(x), std::abs(y), c.mag});
+        differ = std::isfinite(x.real()) && std::isfinite(x.imag()) && std::isfinite(y.real()) &&
+                 std::isfinite(y.imag()) && c.mag < 1e12 && std::abs(x - y) > 1e-6 * scale;
+      }
+    } catch (Unsure&) {
+    } catch (TooBig&) {
+    } catch (...) {
+      c.allow_bigop = c.allow_ext = false;
+      c.renv = nullptr;
+      throw;
+    }
+    c.allow_bigop = c.allow_ext = false;
+    c.renv = nullptr;
+    if (differ) return true;
+  }
   return false;
 }
 
@@ -896,6 +1088,7 @@ Tri numeric_or_symbolic(Ctx& c, int g, int p) {
   bool hf = false;
   collect_syms(c.t, g, &syms, &hf);
   collect_syms(c.t, p, &syms, &hf);
+  if (syms.empty() && undef_call_vs_other(c.t, g, p)) return Tri::False;  // 1 vs \zeta(2)
   bool gf, gi, gp, pf, pi, pp;
   bool ga = atomic_num(c.t, g, &gf, &gi, &gp);
   bool pa = atomic_num(c.t, p, &pf, &pi, &pp);
@@ -981,14 +1174,9 @@ Tri numeric_or_symbolic(Ctx& c, int g, int p) {
     if (r == 0) all_equal = false;
   }
   if (valid < 2) {
-    // an undefined function applied to arguments, f(x) or C(n, k), against an expression without
-    // any undefined function: their difference never simplifies to 0
-    auto is_undef_call = [&](int id) {
-      const Node& n = c.t.at(id);
-      return n.kind == NK::Func && n.name.rfind("fn:", 0) == 0;
-    };
-    if ((is_undef_call(g) && !has_undef_call(c.t, p)) || (is_undef_call(p) && !has_undef_call(c.t, g)))
-      return Tri::False;
+    if (undef_call_vs_other(c.t, g, p)) return Tri::False;
+    if (differ_at_rational_points(c, g, p, syms)) return Tri::False;
+    if (differ_at_integer_points(c, g, p, syms)) return Tri::False;
     // one side a constant too large for a double (4^{545} + 545^4), the other finite at the points:
     // they cannot be equal
     std::vector<std::string> gs, ps;
@@ -1133,27 +1321,6 @@ Tri compare_relational(Ctx& c, int g, int p) {
   throw Unsure{"solve"};
 }
 
-// numbers, symbols, pi, e, sums, products and powers only
-bool plain_algebra(const Tree& t, int id, int depth = 0) {
-  if (depth > Limits::kMaxDepth) throw TooBig{"deep"};
-  const Node& n = t.at(id);
-  switch (n.kind) {
-    case NK::Num:
-    case NK::Sym:
-    case NK::Pi:
-    case NK::E:
-      return true;
-    case NK::Add:
-    case NK::Mul:
-    case NK::Pow:
-      for (int k : n.kids)
-        if (!plain_algebra(t, k, depth + 1)) return false;
-      return true;
-    default:
-      return false;
-  }
-}
-
 // Lower bound on the free symbols of math-verify's unwrap_fcs(relation): the symbols that the
 // value of some side depends on, with each undefined function call held fixed (unwrap_fcs makes a
 // call a symbol, so the symbols in its arguments are gone). A symbol that sympy's evaluation
@@ -1262,7 +1429,10 @@ Tri expr_eq(Ctx& c, int g, int p) {
     g = c.t.at(last_rel(c.t, g)).kids[1];
   }
   if (is_relation(c.t, g) && is_set_kind(c.t.at(p).kind)) return relation_vs_set(c, g, p);
-  if (c.mixed_complex) {
+  // a relation against a scalar expression is False whatever the symbols are (sympy cannot
+  // subtract a relation): their identity does not matter there either
+  bool rel_vs_scalar = (is_relation(c.t, g) && scalar_tree(c.t, p)) || (is_relation(c.t, p) && scalar_tree(c.t, g));
+  if (c.mixed_complex && !rel_vs_scalar) {
     // symbols on one side only: their identity never matters; on both sides: undecided
     std::vector<std::string> gsyms, psyms;
     bool hf = false;
@@ -1303,6 +1473,8 @@ Tri answers_equal(const Tree& gold, const Tree& pred) {
   int g = c.t.import(gold, gold.root);
   size_t pstart = c.t.nodes.size();
   int p = c.t.import(pred, pred.root);
+  c.t.import_bigops(gold);
+  c.t.import_bigops(pred);
   c.t.complex = gold.complex || pred.complex;
   c.marked = !gold.complex_mixed && !pred.complex_mixed;
   if (c.marked) {

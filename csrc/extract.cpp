@@ -622,6 +622,7 @@ bool extract_cand(const std::string& s, const Cand& c, Tree* out, std::string* s
           if (&tr != &trees[0] && tr.complex != trees[0].complex) t.complex_mixed = true;
           t.complex_mixed = t.complex_mixed || tr.complex_mixed;
           t.complex = t.complex || tr.complex;
+          t.import_bigops(tr);
         }
         t.root = t.op(NK::FSet, elems);
         *out = std::move(t);
@@ -695,6 +696,7 @@ static bool extract_expr_match(const std::string& s, const Regex& re, const Rege
     std::string num = ii + decimal;
     *str = num;
     out->nodes.clear();
+    out->bigops.clear();
     out->complex = false;
     bool neg = num[0] == '-';
     std::string body = neg ? num.substr(1) : num;

@@ -191,6 +191,23 @@ CASES = [
     ("6", B % "3\\gcd(4,6)", True),  # a product, not the mixed number 3 2
     ("32", B % "3\\gcd(4,6)", False),
     ("1", B % "\\gcd(u, v)", True),
+    # \gamma / \Gamma with nothing after it that could be an argument: the constant EulerGamma
+    ("2", B % "\\sin(\\gamma) = 2", True),
+    ("2", B % "\\frac{\\gamma}{2}", False),
+    # an undefined function call against a constant: never equal
+    ("1", B % "\\zeta(2)", False),
+    ("\\frac{\\pi^2}{6}", B % "\\zeta(2)", False),
+    # integer powers too large for doubles: exact values at rational points show a difference
+    ("n^{1987}", B % "1^{1987} + 2^{1987} + n^{1987}", False),
+    # \sum / \prod with symbolic bounds, summed where every symbol is an integer: a difference
+    # there decides False (agreement stays undecided: sympy may not find the closed form)
+    ("n^2", B % "\\sum_{k=1}^{n} k", False),
+    ("2^{n+1}", B % "\\sum_{k=0}^{n} \\binom{n}{k}", False),
+    ("1", B % "\\frac{\\pi^2}{6} + \\sum_{k=1}^n \\frac{1}{k}", False),
+    ("(n+1)!", B % "\\prod_{k=1}^{n} k", False),
+    ("n(n+1)2^{n-2}", B % "\\sum_{k=1}^n C(n, k) k^2", False),
+    # a relation against a scalar is False whatever its symbols (even read in complex mode)
+    ("No", "For complex $i$: $$\\left|\\sum_{i=1}^n u_i v_i\\right| \\leq \\sqrt{\\sum_{i=1}^n u_i^2}$$", False),
     # \binom / \choose: sympy.binomial evaluates as it is built (k = 0, 1, a negative k, numbers),
     # so 2\binom{4}{2} is the mixed number 2 + 6; an unevaluated value n (k = n - 1) or k (1+1) is
     # not a Rational, so no mixed number there
@@ -275,6 +292,17 @@ def test_case_table(gold, response, expected):
 def test_case_table_matches_math_verify():
     ref = [scoring.math_verify_verdict(g, r, timeout=5) for g, r, _ in CASES]
     assert ref == [e for _, _, e in CASES]
+
+
+def test_sum_agreeing_at_integer_points_stays_undecided():
+    # the evaluation of a Sum at integer points can only show a difference; sympy finds this
+    # closed form (math-verify: True), and 2^n for the binomial sum it does not (False)
+    for gold, resp, ref in [("\\frac{n(n+1)}{2}", B % "\\sum_{k=1}^{n} k", True),
+                            ("2^n", B % "\\sum_{k=0}^{n} \\binom{n}{k}", False)]:
+        assert scoring.math_verify_verdict(gold, resp, timeout=5) is ref
+        scoring.verify(gold, resp, fallback=False)
+        assert scoring.last_stats()["unknown"] == 1
+        assert scoring.verify(gold, resp) is ref
 
 
 def test_complex_mode_symbols_are_not_the_real_ones():
