@@ -7,11 +7,13 @@
 #include <algorithm>
 #include <atomic>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <unordered_map>
 #include <vector>
 
 #include "core.hpp"
+#include "number_scan.hpp"
 
 namespace py = pybind11;
 
@@ -177,13 +179,22 @@ Resolved to_resolved(py::object obj) {
 
 py::array_t<uint8_t> score(const std::vector<std::string>& golds, const std::vector<std::string>& responses,
                            const std::vector<size_t>& gold_index, int threads, const Resolved* resolved = nullptr) {
-  std::vector<GoldCache> gc(golds.size());
   std::vector<uint8_t> codes(responses.size(), 2);
   {
     py::gil_scoped_release release;
-    parallel_for(golds.size(), threads, [&](size_t i) { gc[i] = extract_gold(golds[i], resolved); });
+    // each distinct gold is extracted once (verify_codes gets one gold per pair, mostly repeats)
+    std::unordered_map<std::string_view, size_t> first;
+    std::vector<size_t> slot(golds.size());
+    std::vector<size_t> distinct;
+    for (size_t i = 0; i < golds.size(); ++i) {
+      auto [it, fresh] = first.emplace(std::string_view(golds[i]), distinct.size());
+      if (fresh) distinct.push_back(i);
+      slot[i] = it->second;
+    }
+    std::vector<GoldCache> gc(distinct.size());
+    parallel_for(distinct.size(), threads, [&](size_t k) { gc[k] = extract_gold(golds[distinct[k]], resolved); });
     parallel_for(responses.size(), threads,
-                 [&](size_t i) { codes[i] = code_of(verify_with_gold(gc[gold_index[i]], responses[i])); });
+                 [&](size_t i) { codes[i] = code_of(verify_with_gold(gc[slot[gold_index[i]]], responses[i])); });
   }
   py::array_t<uint8_t> out(codes.size());
   std::copy(codes.begin(), codes.end(), out.mutable_data());
@@ -321,6 +332,27 @@ PYBIND11_MODULE(_scorer, m) {
         return d;
       },
       py::arg("gold"), py::arg("response"), "Debug view of one comparison (internal).");
+
+  m.def(
+      "number_matches",
+      [](py::object text, bool use_engine) {
+        std::string s = to_bytes(text.ptr());
+        std::vector<Regex::Match> ms;
+        {
+          py::gil_scoped_release release;
+          ms = number_plain_matches(s, use_engine);
+        }
+        py::list out;
+        for (auto& m : ms) {
+          py::list groups;
+          for (auto& g : m.groups) groups.append(py::make_tuple(g.first, g.second));
+          out.append(py::make_tuple(m.start, m.end, groups));
+        }
+        return out;
+      },
+      py::arg("text"), py::arg("use_engine") = false,
+      "The extractor's number matches (byte offsets and capture groups): its direct matcher, or the regex "
+      "engine on the same pattern (internal, for tests).");
 
   m.def(
       "normalize",

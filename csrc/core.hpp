@@ -9,6 +9,7 @@
 // Every stage either decides or answers Unknown; Unknown goes to the Python fallback.
 #pragma once
 
+#include <algorithm>
 #include <complex>
 #include <cstdint>
 #include <string>
@@ -87,11 +88,24 @@ struct Node {
   std::vector<int> kids;
 };
 
+// What an opaque \sum_{var=lo}^{hi} body / \prod node stands for (node ids in the same tree, not
+// reachable from the root): evaluated only where its bounds are integers.
+struct BigOp {
+  std::string name;  // the opaque node's name
+  bool prod = false;
+  std::string var;   // the bound symbol
+  int body = -1, lo = -1, hi = -1;
+};
+
 // An arena of nodes; node ids are indices. One tree per parsed answer.
 struct Tree {
   std::vector<Node> nodes;
   int root = -1;
   bool complex = false;  // the answer text looks complex (i, \mathbb{C}, ...): symbols are not real
+  std::vector<BigOp> bigops;
+  // several answer groups joined into one set, read in different modes (some complex, some real):
+  // which symbols are real is not known per node
+  bool complex_mixed = false;
 
   int add(Node n) {
     if (nodes.size() >= Limits::kMaxNodes) throw TooBig{"too many expression nodes"};
@@ -137,6 +151,19 @@ struct Tree {
   }
   // copies node `id` of `src` (recursively) into this tree
   int import(const Tree& src, int id, int depth = 0);
+  // copies src's big-operator records (their subtrees) into this tree
+  void import_bigops(const Tree& src);
+  const BigOp* bigop(const std::string& name) const {
+    for (const BigOp& b : bigops)
+      if (b.name == name) return &b;
+    return nullptr;
+  }
+  // drops the nodes from `n` on (a parser backtracking), with the records that use them
+  void rewind(size_t n) {
+    nodes.resize(n);
+    while (!bigops.empty() && (size_t)std::max({bigops.back().lo, bigops.back().hi, bigops.back().body}) >= n)
+      bigops.pop_back();
+  }
 };
 
 // A parsed answer candidate: the tree, plus the normalised string math-verify would keep as its

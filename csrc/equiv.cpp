@@ -25,17 +25,37 @@ namespace {
 
 using cd = std::complex<double>;
 
+// A symbol read in complex mode (latex2sympy's is_real=False: Symbol(name, real=False)) is another
+// sympy symbol than the real one of the same name. When both answers are imported into one tree,
+// complex-mode symbols get this mark in front of their name, so that structural equality and the
+// evaluation at points keep them apart; comparisons by name (math-verify's symbol rules) drop it.
+const char kComplexMark = '\x01';
+bool is_complex_sym(const std::string& name) { return !name.empty() && name[0] == kComplexMark; }
+std::string base_name(const std::string& name) { return is_complex_sym(name) ? name.substr(1) : name; }
+
 struct Ctx {
   Tree t;  // gold and prediction imported into one tree
   int depth = 0;
-  // exactly one side was read in complex mode: its symbols are sympy symbols without the real
-  // assumption, distinct from the other side's same-named real symbols
+  // complex-mode symbols carry kComplexMark (see above); false when an answer joins groups read in
+  // different modes, whose symbols cannot be told apart
+  bool marked = true;
+  // (unmarked trees only) exactly one side was read in complex mode: its symbols are distinct from
+  // the other side's same-named real symbols
   bool mixed_complex = false;
   // inside the evaluation at points only: factorials of negative reals through Gamma and
   // undefined functions as fixed pseudo-random functions of their argument values. Such values
   // can only show that two expressions differ (ext_used then forbids a True)
   bool allow_ext = false;
   bool ext_used = false;
+  // inside the evaluation at integer points only: sums / products with integer bounds take their
+  // values; `mag` collects the size of their terms (cancellation among them limits the accuracy)
+  bool allow_bigop = false;
+  double mag = 0;
+  // exact evaluation at a rational point: the symbols' values (else symbols are not exact)
+  const std::map<std::string, Rational>* renv = nullptr;
+  // with allow_ext: an undefined function call's value depends on the function's name only (as
+  // for math-verify's unwrap_fcs, which turns each call into a symbol of its own)
+  bool fn_by_name = false;
 };
 
 struct DGuard {
@@ -54,6 +74,13 @@ bool exact(Ctx& c, int id, Rational* out) {
     case NK::Num:
       *out = n.val;
       return true;
+    case NK::Sym: {
+      if (!c.renv) return false;
+      auto it = c.renv->find(n.name);
+      if (it == c.renv->end()) return false;
+      *out = it->second;
+      return true;
+    }
     case NK::Pct: {
       Rational v;
       if (!exact(c, n.kids[0], &v)) return false;
@@ -150,6 +177,35 @@ bool exact(Ctx& c, int id, Rational* out) {
         return true;
       }
       if (n.name == "UnevaluatedExpr") return exact(c, n.kids[0], out);  // \gcd, \lcm: doit() unwraps it
+      if (c.renv && c.allow_bigop && n.name.rfind("opaque:", 0) == 0) {
+        const BigOp* op = c.t.bigop(n.name);
+        if (!op) return false;
+        Rational lo, hi;
+        if (!exact(c, op->lo, &lo) || !exact(c, op->hi, &hi)) return false;
+        if (!lo.is_integer() || !hi.is_integer()) return false;
+        Rational cnt = hi - lo + Rational(1);
+        if (cnt.is_neg() || cnt.is_zero() || !cnt.num.fits_int64() || cnt.num.to_int64() > 200) return false;
+        std::map<std::string, Rational> env = *c.renv;
+        const std::map<std::string, Rational>* saved = c.renv;
+        Rational acc(op->prod ? 1 : 0);
+        bool ok = true;
+        for (int64_t k = 0; k < cnt.num.to_int64() && ok; ++k) {
+          env[op->var] = lo + Rational(BigInt(k));
+          c.renv = &env;
+          Rational v;
+          try {
+            ok = exact(c, op->body, &v);
+          } catch (...) {
+            c.renv = saved;
+            throw;
+          }
+          c.renv = saved;
+          if (ok) acc = op->prod ? acc * v : acc + v;
+        }
+        if (!ok) return false;
+        *out = acc;
+        return true;
+      }
       if (n.name == "floor" || n.name == "ceiling") {  // doit() / evalf() of floor(q): an Integer
         Rational v;
         if (!exact(c, n.kids[0], &v)) return false;
@@ -263,6 +319,28 @@ cd ev(Ctx& c, int id, const Env& env) {
         return std::tgamma(n + 1) / (std::tgamma(k + 1) * std::tgamma(n - k + 1));
       }
       if (f == "UnevaluatedExpr") return a[0];
+      if (c.allow_bigop && f.rfind("opaque:", 0) == 0 && c.t.bigop(f)) {
+        const BigOp& op = *c.t.bigop(f);
+        cd lo = ev(c, op.lo, env), hi = ev(c, op.hi, env);
+        auto integral = [](cd z) {
+          return z.imag() == 0 && std::isfinite(z.real()) && std::abs(z.real()) < 1e6 &&
+                 std::abs(z.real() - std::round(z.real())) < 1e-9;
+        };
+        if (!integral(lo) || !integral(hi)) throw Unsure{"bounds"};
+        long l = std::lround(lo.real()), h = std::lround(hi.real());
+        if (h < l || h - l > 200) throw Unsure{"bounds"};
+        Env e2 = env;
+        cd acc = op.prod ? 1.0 : 0.0;
+        for (long k = l; k <= h; ++k) {
+          e2[op.var] = cd((double)k, 0);
+          cd v = ev(c, op.body, e2);
+          acc = op.prod ? acc * v : acc + v;
+          c.mag = std::max(c.mag, std::abs(v));
+          c.mag = std::max(c.mag, std::abs(acc));
+        }
+        return acc;
+      }
+      if (f == "EulerGamma") return cd(0.57721566490153286, 0);
       if (f == "floor" || f == "ceiling") {
         Rational r;
         if (exact(c, id, &r)) return r.to_double();
@@ -282,6 +360,7 @@ cd ev(Ctx& c, int id, const Env& env) {
         };
         for (char ch : f) mix((unsigned char)ch);
         for (const cd& z : a) {
+          if (c.fn_by_name) break;
           if (!std::isfinite(z.real()) || !std::isfinite(z.imag())) throw Unsure{"unknown function"};
           mix((uint64_t)(int64_t)std::llround(z.real() * 1e6));
           mix((uint64_t)(int64_t)std::llround(z.imag() * 1e6));
@@ -303,6 +382,17 @@ void collect_syms(const Tree& t, int id, std::vector<std::string>* out, bool* ha
     if (std::find(out->begin(), out->end(), n.name) == out->end()) out->push_back(n.name);
   }
   if (n.kind == NK::Func && n.name != "Abs") *has_func = true;
+  if (n.kind == NK::Func && n.name.rfind("opaque:", 0) == 0) {
+    // a Sum's free symbols: its bounds', and its body's other than the bound one
+    if (const BigOp* op = t.bigop(n.name)) {
+      collect_syms(t, op->lo, out, has_func, depth + 1);
+      collect_syms(t, op->hi, out, has_func, depth + 1);
+      std::vector<std::string> body;
+      collect_syms(t, op->body, &body, has_func, depth + 1);
+      for (const std::string& v : body)
+        if (v != op->var && std::find(out->begin(), out->end(), v) == out->end()) out->push_back(v);
+    }
+  }
   if (n.kind == NK::Pow) {
     const Node& e = t.at(n.kids[1]);
     if (e.kind != NK::Num) *has_func = true;
@@ -505,29 +595,66 @@ int first_rel(const Tree& t, int id) {
 }
 
 Tri expr_eq(Ctx& c, int g, int p);
+bool has_inf(const Tree& t, int id, int depth = 0);
 
-// An interval with variable ends stays an Interval for latex2sympy and sympy when r - l takes
-// both signs over the reals (their symbols are real): neither "r < l" (the tuple rule) nor
-// sympy's emptiness checks can then be decided. An infinite end on its own side is fine.
+// a power of zero with a negative integer exponent somewhere (sympy: zoo)
+bool has_zero_neg_pow(const Tree& t, int id, int depth = 0) {
+  if (depth > Limits::kMaxDepth) throw TooBig{"deep"};
+  const Node& n = t.at(id);
+  if (n.kind == NK::Pow) {
+    const Node& b = t.at(n.kids[0]);
+    const Node& e = t.at(n.kids[1]);
+    if (b.kind == NK::Num && b.val.is_zero() && e.kind == NK::Num && e.val.is_neg()) return true;
+  }
+  for (int k : n.kids)
+    if (has_zero_neg_pow(t, k, depth + 1)) return true;
+  return false;
+}
+
+// An interval with variable ends stays an Interval for latex2sympy and sympy when r - l > 0 at some
+// real point (their symbols are real): then "r < l" / "r <= l" (the tuple rule) and sympy's
+// emptiness check "r < l" are never True (False or undecidable: an Interval either way), and the
+// ends are not the same expression (sympy's one-point set). Each end must also be real at some
+// point (sympy rejects an end it knows is not real). An infinite end on its own side is fine.
 bool symbolic_interval_stays(Ctx& c, int l, int r, const std::vector<std::string>& syms) {
   NK lk = c.t.at(l).kind, rk = c.t.at(r).kind;
   if (lk == NK::Inf || rk == NK::NegInf) return false;
   if (lk == NK::NegInf || rk == NK::Inf) return lk != rk && scalar_tree(c.t, lk == NK::NegInf ? r : l);
   if (!scalar_tree(c.t, l) || !scalar_tree(c.t, r) || struct_eq(c.t, l, r)) return false;
   static const double pts[] = {0.3781, -1.2917, 2.1183, 0.7349, 1.6421, 0.5573, -0.8861, 2.9077};
-  bool pos = false, neg = false;
-  for (int k = 0; k < 4; ++k) {
+  if (c.t.complex) {
+    // complex mode (the rule above assumes real symbols): only an r - l that takes both signs
+    bool pos = false, neg = false;
+    for (int k = 0; k < 4; ++k) {
+      Env env;
+      for (size_t i = 0; i < syms.size(); ++i) env[syms[i]] = cd(pts[(k + 3 * i) % 8] + 0.137 * (double)i, 0);
+      try {
+        cd d = ev(c, r, env) - ev(c, l, env);
+        if (std::abs(d.imag()) > 1e-9 || !std::isfinite(d.real())) continue;
+        if (d.real() > 1e-6) pos = true;
+        if (d.real() < -1e-6) neg = true;
+      } catch (Unsure&) {
+      }
+    }
+    return pos && neg;
+  }
+  bool pos = false, lreal = false, rreal = false;
+  for (int k = 0; k < 8; ++k) {
     Env env;
     for (size_t i = 0; i < syms.size(); ++i) env[syms[i]] = cd(pts[(k + 3 * i) % 8] + 0.137 * (double)i, 0);
     try {
-      cd d = ev(c, r, env) - ev(c, l, env);
-      if (std::abs(d.imag()) > 1e-9 || !std::isfinite(d.real())) continue;
-      if (d.real() > 1e-6) pos = true;
-      if (d.real() < -1e-6) neg = true;
+      cd a = ev(c, l, env), b = ev(c, r, env);
+      if (!std::isfinite(a.real()) || !std::isfinite(a.imag()) || !std::isfinite(b.real()) || !std::isfinite(b.imag()))
+        continue;
+      bool ar = std::abs(a.imag()) <= 1e-12 * std::max(1.0, std::abs(a));
+      bool br = std::abs(b.imag()) <= 1e-12 * std::max(1.0, std::abs(b));
+      lreal = lreal || ar;
+      rreal = rreal || br;
+      if (ar && br && b.real() - a.real() > 1e-6 * std::max({1.0, std::abs(a), std::abs(b)})) pos = true;
     } catch (Unsure&) {
     }
   }
-  return pos && neg;
+  return pos && lreal && rreal;
 }
 
 // sympy's Interval(l, r, lo, ro) and latex2sympy's "empty interval is a tuple" rule
@@ -540,6 +667,13 @@ int resolve_interval(Ctx& c, int id) {
   collect_syms(c.t, l, &syms, &hf);
   collect_syms(c.t, r, &syms, &hf);
   if (!syms.empty()) {
+    if (!c.t.complex && struct_eq(c.t, l, r) && scalar_tree(c.t, l) && !has_inf(c.t, l) && !has_zero_neg_pow(c.t, l)) {
+      // the same expression at both ends: latex2sympy's r <= l is True for (c, c) (a tuple), its
+      // r < l False for [c, c], and sympy makes Interval(c, c) the set {c}, Interval.Lopen(c, c) empty
+      if (n.lopen && n.ropen) return c.t.op(NK::Tuple, {l, r});
+      if (n.lopen || n.ropen) return c.t.leaf(NK::EmptySet);
+      return c.t.op(NK::FSet, {l});
+    }
     if (symbolic_interval_stays(c, l, r, syms)) return id;
     throw Unsure{"symbolic interval"};
   }
@@ -716,7 +850,9 @@ Tri compare_sets(Ctx& c, int g, int p) {
 Tri compare_symbols(Ctx& c, int g, int p) {
   const Node& x = c.t.at(g);
   const Node& y = c.t.at(p);
+  // math-verify compares names here, never assumptions: a complex-mode symbol's mark is dropped
   auto lower = [](std::string s) {
+    s = base_name(s);
     for (char& ch : s) ch = (char)std::tolower((unsigned char)ch);
     return s;
   };
@@ -727,7 +863,7 @@ Tri compare_symbols(Ctx& c, int g, int p) {
     for (int k : m.kids) {
       const Node& a = c.t.at(k);
       if (a.kind == NK::E) *out += "e";
-      else if (a.kind == NK::Sym) *out += a.name;
+      else if (a.kind == NK::Sym) *out += base_name(a.name);
       else return false;
     }
     return true;
@@ -737,8 +873,9 @@ Tri compare_symbols(Ctx& c, int g, int p) {
   cat.clear();
   if (y.kind == NK::Sym && concat(x, &cat)) return tri_of(lower(y.name) == lower(cat));
   if (x.kind == NK::Sym && y.kind == NK::Sym) {
-    std::string a = x.name.size() > 1 ? lower(x.name) : x.name;
-    std::string b = y.name.size() > 1 ? lower(y.name) : y.name;
+    std::string a = base_name(x.name), b = base_name(y.name);
+    if (a.size() > 1) a = lower(a);
+    if (b.size() > 1) b = lower(b);
     return tri_of(a == b);
   }
   // str(gold) == str(pred): different kinds of expressions print differently
@@ -748,6 +885,8 @@ Tri compare_symbols(Ctx& c, int g, int p) {
         other.kind == NK::Pct || other.kind == NK::Pi || other.kind == NK::E || other.kind == NK::I ||
         other.kind == NK::Inf || other.kind == NK::NegInf || other.kind == NK::Matrix || other.kind == NK::Func)
       return Tri::False;
+    // a relation prints with its operator ("x > y", "Eq(x, 2)"), never as a bare symbol name
+    if (other.kind == NK::Rel || other.kind == NK::And) return Tri::False;
   }
   throw Unsure{"symbol comparison"};
 }
@@ -766,7 +905,7 @@ bool atomic_num(const Tree& t, int id, bool* isfloat, bool* isint, bool* pct) {
   return true;
 }
 
-bool has_inf(const Tree& t, int id, int depth = 0) {
+bool has_inf(const Tree& t, int id, int depth) {
   if (depth > Limits::kMaxDepth) throw TooBig{"deep"};
   const Node& n = t.at(id);
   if (n.kind == NK::Inf || n.kind == NK::NegInf) return true;
@@ -775,12 +914,150 @@ bool has_inf(const Tree& t, int id, int depth = 0) {
   return false;
 }
 
+// an undefined function call f(x), or an opaque node (\sum, \lim, Max: its arguments could hold one)
+// nonzero numbers times at least one power of 0 with a negative integer exponent (and nothing else)
+bool is_zoo_product(const Tree& t, int id) {
+  auto zero_pow = [&](const Node& n) {
+    if (n.kind != NK::Pow) return false;
+    const Node& b = t.at(n.kids[0]);
+    const Node& e = t.at(n.kids[1]);
+    return b.kind == NK::Num && b.val.is_zero() && e.kind == NK::Num && !e.isfloat && e.val.is_integer() &&
+           e.val.is_neg();
+  };
+  const Node& n = t.at(id);
+  if (zero_pow(n)) return true;
+  if (n.kind != NK::Mul) return false;
+  bool any = false;
+  for (int k : n.kids) {
+    const Node& m = t.at(k);
+    if (zero_pow(m)) any = true;
+    else if (!(m.kind == NK::Num && !m.val.is_zero())) return false;
+  }
+  return any;
+}
+
 bool has_undef_call(const Tree& t, int id, int depth = 0) {
   if (depth > Limits::kMaxDepth) throw TooBig{"deep"};
   const Node& n = t.at(id);
-  if (n.kind == NK::Func && n.name.rfind("fn:", 0) == 0) return true;
+  if (n.kind == NK::Func && (n.name.rfind("fn:", 0) == 0 || n.name.rfind("opaque:", 0) == 0)) return true;
   for (int k : n.kids)
     if (has_undef_call(t, k, depth + 1)) return true;
+  return false;
+}
+
+// numbers, symbols, pi, e, sums, products and powers only
+bool plain_algebra(const Tree& t, int id, int depth = 0) {
+  if (depth > Limits::kMaxDepth) throw TooBig{"deep"};
+  const Node& n = t.at(id);
+  switch (n.kind) {
+    case NK::Num:
+    case NK::Sym:
+    case NK::Pi:
+    case NK::E:
+      return true;
+    case NK::Add:
+    case NK::Mul:
+    case NK::Pow:
+      for (int k : n.kids)
+        if (!plain_algebra(t, k, depth + 1)) return false;
+      return true;
+    default:
+      return false;
+  }
+}
+
+// an undefined function applied to arguments, f(x) or C(n, k), against an expression without
+// any undefined function: their difference never simplifies to 0
+bool undef_call_vs_other(const Tree& t, int g, int p) {
+  auto is_undef_call = [&](int id) {
+    const Node& n = t.at(id);
+    return n.kind == NK::Func && n.name.rfind("fn:", 0) == 0;
+  };
+  return (is_undef_call(g) && !has_undef_call(t, p)) || (is_undef_call(p) && !has_undef_call(t, g));
+}
+
+// exact values at rational points of plain algebra with integer powers (too large for a double:
+// n^{1987} + 2^{1987}): a difference at one point shows the two rational functions differ
+bool differ_at_rational_points(Ctx& c, int g, int p, const std::vector<std::string>& syms) {
+  if (!plain_algebra(c.t, g) || !plain_algebra(c.t, p)) return false;
+  static const int pts[][4][2] = {{{3, 7}, {-4, 3}, {11, 5}, {5, 7}},
+                                  {{5, 3}, {4, 7}, {-7, 8}, {9, 4}},
+                                  {{-2, 5}, {7, 3}, {3, 11}, {-6, 7}}};
+  for (const auto& pt : pts) {
+    std::map<std::string, Rational> env;
+    for (size_t i = 0; i < syms.size(); ++i)
+      env[syms[i]] = Rational::make(BigInt(pt[i % 4][0]), BigInt(pt[i % 4][1])) +
+                     Rational::make(BigInt((long)(i / 4)), BigInt(13));
+    c.renv = &env;
+    Rational a, b;
+    bool ok = false;
+    try {
+      ok = exact(c, g, &a) && exact(c, p, &b);
+    } catch (Unsure&) {
+    } catch (TooBig&) {
+    } catch (...) {
+      c.renv = nullptr;
+      throw;
+    }
+    c.renv = nullptr;
+    if (ok && !(a == b)) return true;
+  }
+  return false;
+}
+
+bool has_bigop(const Tree& t, int id, int depth = 0) {
+  if (depth > Limits::kMaxDepth) throw TooBig{"deep"};
+  const Node& n = t.at(id);
+  if (n.kind == NK::Func && t.bigop(n.name)) return true;
+  for (int k : n.kids)
+    if (has_bigop(t, k, depth + 1)) return true;
+  return false;
+}
+
+// \sum_{k=0}^{n} ... against a closed form: a Sum with symbolic bounds has values only where its
+// bounds are integers. With every symbol an integer, its terms are summed (exactly when they are
+// rational; else in doubles, undefined functions as fixed pseudo-random ones, with a tolerance
+// scaled by the largest term): a difference at one such point shows the two differ, whatever
+// closed form sympy finds for the Sum. Agreement proves nothing.
+bool differ_at_integer_points(Ctx& c, int g, int p, const std::vector<std::string>& syms) {
+  if (!has_bigop(c.t, g) && !has_bigop(c.t, p)) return false;
+  static const int pts[][4] = {{4, 7, 3, 5}, {5, 3, 6, 4}, {6, 5, 4, 7}, {7, 4, 5, 3}};
+  bool differ = false;
+  for (const auto& pt : pts) {
+    std::map<std::string, Rational> renv;
+    Env env;
+    for (size_t i = 0; i < syms.size(); ++i) {
+      long v = pt[i % 4] + 2 * (long)(i / 4);
+      renv[syms[i]] = Rational(BigInt(v));
+      env[syms[i]] = cd((double)v, 0);
+    }
+    c.allow_bigop = true;
+    c.renv = &renv;
+    try {
+      Rational a, b;
+      bool ex = exact(c, g, &a) && exact(c, p, &b);
+      c.renv = nullptr;
+      if (ex) {
+        differ = !(a == b);
+      } else {
+        c.allow_ext = true;
+        c.mag = 0;
+        cd x = ev(c, g, env), y = ev(c, p, env);
+        double scale = std::max({1.0, std::abs(x), std::abs(y), c.mag});
+        differ = std::isfinite(x.real()) && std::isfinite(x.imag()) && std::isfinite(y.real()) &&
+                 std::isfinite(y.imag()) && c.mag < 1e12 && std::abs(x - y) > 1e-6 * scale;
+      }
+    } catch (Unsure&) {
+    } catch (TooBig&) {
+    } catch (...) {
+      c.allow_bigop = c.allow_ext = false;
+      c.renv = nullptr;
+      throw;
+    }
+    c.allow_bigop = c.allow_ext = false;
+    c.renv = nullptr;
+    if (differ) return true;
+  }
   return false;
 }
 
@@ -803,16 +1080,26 @@ Tri numeric_or_symbolic(Ctx& c, int g, int p) {
     if (x.kind == NK::Rel || x.kind == NK::And || y.kind == NK::Rel || y.kind == NK::And) return Tri::False;
     throw Unsure{"non-scalar comparison"};
   }
+  // 42/0, 1/0: sympy's zoo once evaluated (doit() or a - b). Not structurally equal to the other side
+  // (tested before), so doit() == gives False, a Float's round() fails, and a - b is zoo or nan,
+  // which neither evalf nor simplify makes 0
+  if (is_zoo_product(c.t, g) || is_zoo_product(c.t, p)) return Tri::False;
   std::vector<std::string> syms;
   bool hf = false;
   collect_syms(c.t, g, &syms, &hf);
   collect_syms(c.t, p, &syms, &hf);
+  if (syms.empty() && undef_call_vs_other(c.t, g, p)) return Tri::False;  // 1 vs \zeta(2)
   bool gf, gi, gp, pf, pi, pp;
   bool ga = atomic_num(c.t, g, &gf, &gi, &gp);
   bool pa = atomic_num(c.t, p, &pf, &pi, &pp);
   // complex-mode symbols (and a mixed pair's distinct same-named ones) are evaluated at the same
   // real points: a difference there still shows the expressions differ, agreement proves nothing
-  bool complex_syms = c.t.complex && !syms.empty();
+  bool complex_syms = false;
+  if (c.marked) {
+    for (const std::string& v : syms) complex_syms = complex_syms || is_complex_sym(v);
+  } else {
+    complex_syms = c.t.complex && !syms.empty();
+  }
   if (ga || pa) {
     if ((ga && gf) || (pa && pf)) {
       if (!syms.empty()) return Tri::False;  // rounding a symbolic expression fails -> not equal
@@ -863,8 +1150,11 @@ Tri numeric_or_symbolic(Ctx& c, int g, int p) {
   c.ext_used = false;
   for (int k = 0; k < 4; ++k) {
     Env env;
-    for (size_t i = 0; i < syms.size(); ++i)
-      env[syms[i]] = cd(pts[k][i % 4] + 0.137 * (double)(i / 4), 0);
+    for (size_t i = 0; i < syms.size(); ++i) {
+      // a complex-mode symbol (real=False) takes non-real values only
+      double im = is_complex_sym(syms[i]) ? 0.6173 + 0.211 * (double)((i + (size_t)k) % 3) : 0.0;
+      env[syms[i]] = cd(pts[k][i % 4] + 0.137 * (double)(i / 4), im);
+    }
     cd a, b;
     c.allow_ext = true;
     try {
@@ -884,14 +1174,9 @@ Tri numeric_or_symbolic(Ctx& c, int g, int p) {
     if (r == 0) all_equal = false;
   }
   if (valid < 2) {
-    // an undefined function applied to arguments, f(x) or C(n, k), against an expression without
-    // any undefined function: their difference never simplifies to 0
-    auto is_undef_call = [&](int id) {
-      const Node& n = c.t.at(id);
-      return n.kind == NK::Func && n.name.rfind("fn:", 0) == 0;
-    };
-    if ((is_undef_call(g) && !has_undef_call(c.t, p)) || (is_undef_call(p) && !has_undef_call(c.t, g)))
-      return Tri::False;
+    if (undef_call_vs_other(c.t, g, p)) return Tri::False;
+    if (differ_at_rational_points(c, g, p, syms)) return Tri::False;
+    if (differ_at_integer_points(c, g, p, syms)) return Tri::False;
     // one side a constant too large for a double (4^{545} + 545^4), the other finite at the points:
     // they cannot be equal
     std::vector<std::string> gs, ps;
@@ -1036,25 +1321,98 @@ Tri compare_relational(Ctx& c, int g, int p) {
   throw Unsure{"solve"};
 }
 
-// numbers, symbols, pi, e, sums, products and powers only
-bool plain_algebra(const Tree& t, int id, int depth = 0) {
-  if (depth > Limits::kMaxDepth) throw TooBig{"deep"};
-  const Node& n = t.at(id);
-  switch (n.kind) {
-    case NK::Num:
-    case NK::Sym:
-    case NK::Pi:
-    case NK::E:
-      return true;
-    case NK::Add:
-    case NK::Mul:
-    case NK::Pow:
-      for (int k : n.kids)
-        if (!plain_algebra(t, k, depth + 1)) return false;
-      return true;
-    default:
-      return false;
+// Lower bound on the free symbols of math-verify's unwrap_fcs(relation): the symbols that the
+// value of some side depends on, with each undefined function call held fixed (unwrap_fcs makes a
+// call a symbol, so the symbols in its arguments are gone). A symbol that sympy's evaluation
+// cancels (x - x) changes no value and is not counted.
+int free_symbols_lower_bound(Ctx& c, int rel) {
+  std::vector<int> sides;
+  std::vector<int> stack{rel};
+  while (!stack.empty()) {
+    int k = stack.back();
+    stack.pop_back();
+    const Node& n = c.t.at(k);
+    if (n.kind == NK::And) {
+      for (int j : n.kids) stack.push_back(j);
+    } else {
+      sides.push_back(n.kids[0]);
+      sides.push_back(n.kids[1]);
+    }
   }
+  std::vector<std::string> syms;
+  bool hf = false;
+  for (int sd : sides) {
+    if (!scalar_tree(c.t, sd)) return 0;
+    collect_syms(c.t, sd, &syms, &hf);
+  }
+  static const double pts[] = {0.3781, -1.2917, 2.1183, 0.7349, 1.6421, 0.5573, -0.8861, 2.9077};
+  auto values = [&](const Env& env, std::vector<cd>* out) {
+    out->clear();
+    c.allow_ext = c.fn_by_name = true;
+    try {
+      for (int sd : sides) out->push_back(ev(c, sd, env));
+    } catch (Unsure&) {
+      c.allow_ext = c.fn_by_name = false;
+      return false;
+    } catch (...) {
+      c.allow_ext = c.fn_by_name = false;
+      throw;
+    }
+    c.allow_ext = c.fn_by_name = false;
+    return true;
+  };
+  int count = 0;
+  for (size_t s = 0; s < syms.size(); ++s) {
+    Env env;
+    for (size_t i = 0; i < syms.size(); ++i) env[syms[i]] = cd(pts[i % 8] + 0.137 * (double)(i / 8), 0);
+    std::vector<cd> v0, v1;
+    if (!values(env, &v0)) continue;
+    env[syms[s]] = cd(pts[(s + 3) % 8] + 0.291, 0);
+    if (!values(env, &v1)) continue;
+    for (size_t i = 0; i < v0.size(); ++i) {
+      if (cmp_tol(v0[i], v1[i]) == 0) {
+        ++count;
+        break;
+      }
+    }
+  }
+  return count;
+}
+
+// Elements that cannot be one element of a sympy FiniteSet: math-verify's first test, a == b, would
+// have made them equal (so a definite False of the comparison excludes it), or calls of different
+// undefined functions.
+bool surely_distinct(Ctx& c, int a, int b) {
+  const Node& x = c.t.at(a);
+  const Node& y = c.t.at(b);
+  if (x.kind == NK::Func && y.kind == NK::Func && x.name.rfind("fn:", 0) == 0 && y.name.rfind("fn:", 0) == 0 &&
+      x.name != y.name)
+    return true;
+  try {
+    return expr_eq(c, a, b) == Tri::False;
+  } catch (Unsure&) {
+    return false;
+  }
+}
+
+// A relation gold against a set: math-verify first tries unwrap_fcs(gold).as_set(), which raises
+// for two or more free symbols; the gold then stays a relation and is compared as the set {gold}:
+// with a set of two or more distinct non-relation elements (or the empty set) no element-wise
+// comparison is reached and the symmetric difference is not empty: False.
+Tri relation_vs_set(Ctx& c, int g, int p) {
+  const Node& y = c.t.at(p);
+  if (free_symbols_lower_bound(c, g) >= 2) {
+    if (y.kind == NK::EmptySet) return Tri::False;
+    if (y.kind == NK::FSet) {
+      std::vector<int> el = y.kids;
+      bool ok = el.size() >= 2 && (int)el.size() <= Limits::kMaxSetElems;
+      for (int k : el) ok = ok && !is_relation(c.t, k) && (scalar_tree(c.t, k) || is_setlike(c.t.at(k).kind));
+      for (size_t i = 0; ok && i < el.size(); ++i)
+        for (size_t j = i + 1; ok && j < el.size(); ++j) ok = surely_distinct(c, el[i], el[j]);
+      if (ok) return Tri::False;
+    }
+  }
+  throw Unsure{"relation vs set"};
 }
 
 Tri expr_eq(Ctx& c, int g, int p) {
@@ -1070,8 +1428,11 @@ Tri expr_eq(Ctx& c, int g, int p) {
   } else if (gA && !pE) {
     g = c.t.at(last_rel(c.t, g)).kids[1];
   }
-  if (is_relation(c.t, g) && is_set_kind(c.t.at(p).kind)) throw Unsure{"relation vs set"};
-  if (c.mixed_complex) {
+  if (is_relation(c.t, g) && is_set_kind(c.t.at(p).kind)) return relation_vs_set(c, g, p);
+  // a relation against a scalar expression is False whatever the symbols are (sympy cannot
+  // subtract a relation): their identity does not matter there either
+  bool rel_vs_scalar = (is_relation(c.t, g) && scalar_tree(c.t, p)) || (is_relation(c.t, p) && scalar_tree(c.t, g));
+  if (c.mixed_complex && !rel_vs_scalar) {
     // symbols on one side only: their identity never matters; on both sides: undecided
     std::vector<std::string> gsyms, psyms;
     bool hf = false;
@@ -1090,13 +1451,14 @@ Tri expr_eq(Ctx& c, int g, int p) {
     // an infinity vs a number literal: math-verify's numeric path compares two sympy Numbers
     // (oo == 3 is False, a Float's round() fails on oo) and simplify(3 - oo) = -oo is not zero
     if (gk == NK::Num || pk == NK::Num) return Tri::False;
-    // an infinity vs plain algebra in real variables (2^n, 1/(n+1)): nothing to evaluate by
-    // doit(), and expr - oo never simplifies to 0
+    // an infinity vs plain algebra in real variables (2^n, 1/(n+1)), symbolic exponents included:
+    // nothing to evaluate by doit(), and expr - oo never simplifies to 0 (a finite or zoo-valued
+    // expr gives -oo, zoo or nan)
     int other = (gk == NK::Inf || gk == NK::NegInf) ? p : g;
     std::vector<std::string> syms;
     bool hf = false;
     collect_syms(c.t, other, &syms, &hf);
-    if (!c.t.complex && !syms.empty() && !hf && plain_algebra(c.t, other)) return Tri::False;
+    if (!c.t.complex && !syms.empty() && plain_algebra(c.t, other)) return Tri::False;
     throw Unsure{"infinity"};
   }
   return numeric_or_symbolic(c, g, p);
@@ -1107,10 +1469,23 @@ Tri expr_eq(Ctx& c, int g, int p) {
 Tri answers_equal(const Tree& gold, const Tree& pred) {
   Ctx c;
   c.t.nodes.reserve(gold.nodes.size() + pred.nodes.size() + 64);
+  size_t gstart = c.t.nodes.size();
   int g = c.t.import(gold, gold.root);
+  size_t pstart = c.t.nodes.size();
   int p = c.t.import(pred, pred.root);
+  c.t.import_bigops(gold);
+  c.t.import_bigops(pred);
   c.t.complex = gold.complex || pred.complex;
-  c.mixed_complex = gold.complex != pred.complex;
+  c.marked = !gold.complex_mixed && !pred.complex_mixed;
+  if (c.marked) {
+    for (size_t i = gstart; i < c.t.nodes.size(); ++i) {
+      Node& n = c.t.nodes[i];
+      bool cplx = i < pstart ? gold.complex : pred.complex;
+      if (n.kind == NK::Sym && cplx) n.name = std::string(1, kComplexMark) + n.name;
+    }
+  } else {
+    c.mixed_complex = gold.complex != pred.complex;
+  }
   try {
     return expr_eq(c, g, p);
   } catch (std::domain_error&) {

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "core.hpp"
+#include "number_scan.hpp"
 #include "regex.hpp"
 #include "textutil.hpp"
 
@@ -269,6 +270,27 @@ bool envs_at(const std::string& s, size_t p, bool boxed, std::vector<LatexGroup>
   return true;
 }
 
+// Where the answer-keyword patterns can start, found in one pass over the text: every pattern
+// of priorities 0-200 begins with (?i:answer) or (?i:final answer), so the scans below visit only
+// these positions (most responses have none) instead of testing every byte.
+struct KeywordIndex {
+  std::vector<size_t> answer;        // starts of case-insensitive "answer"
+  std::vector<size_t> final_answer;  // starts of case-insensitive "final answer"
+  bool boxed = false;                // "\boxed{" occurs (needed by the priority-50 environments)
+};
+
+KeywordIndex index_keywords(const std::string& s) {
+  KeywordIndex k;
+  const size_t n = s.size();
+  for (size_t i = 0; i + 6 <= n; ++i) {
+    if ((s[i] | 0x20) != 'a' || !starts_with_icase(s, i, "answer")) continue;
+    k.answer.push_back(i);
+    if (i >= 6 && starts_with_icase(s, i - 6, "final ")) k.final_answer.push_back(i - 6);
+  }
+  k.boxed = s.find("\\boxed{") != std::string::npos;
+  return k;
+}
+
 bool env_start_char(const std::string& s, size_t p) {
   char c = s[p];
   return c == '$' || c == '\\' || c == '-' || (is_space(c) && p + 1 < s.size() && s[p + 1] == '[');
@@ -294,13 +316,12 @@ void latex_plain_matches(const std::string& s, int prio, bool boxed, std::vector
 }
 
 // (?i:final answer.{0,100}?)\s+is\:?\s*{envs}
-void latex_final_answer(const std::string& s, std::vector<Cand>* out, int* order) {
+void latex_final_answer(const std::string& s, const std::vector<size_t>& starts, std::vector<Cand>* out,
+                        int* order) {
   size_t p = 0;
-  while (p + 12 <= s.size()) {
-    if (!starts_with_icase(s, p, "final answer")) {
-      ++p;
-      continue;
-    }
+  for (size_t q : starts) {  // the "final answer" positions, ascending
+    if (q < p) continue;
+    p = q;
     bool matched = false;
     size_t x = p + 12;
     for (int k = 0; k <= 100 && x <= s.size() && !matched; ++k) {
@@ -337,13 +358,12 @@ void latex_final_answer(const std::string& s, std::vector<Cand>* out, int* order
 }
 
 // (?i:final answer is)\:?\s*{envs}\.?\s?I hope
-void latex_final_answer_hope(const std::string& s, std::vector<Cand>* out, int* order) {
+void latex_final_answer_hope(const std::string& s, const std::vector<size_t>& starts, std::vector<Cand>* out,
+                             int* order) {
   size_t p = 0;
-  while (p + 15 <= s.size()) {
-    if (!starts_with_icase(s, p, "final answer is")) {
-      ++p;
-      continue;
-    }
+  for (size_t q : starts) {  // the "final answer" positions, ascending
+    if (q < p || !starts_with_icase(s, q, "final answer is")) continue;
+    p = q;
     bool matched = false;
     for (int colon = 1; colon >= 0 && !matched; --colon) {
       size_t z = p + 15;
@@ -380,13 +400,12 @@ void latex_final_answer_hope(const std::string& s, std::vector<Cand>* out, int* 
 }
 
 // (?i:answer)(:)?.{0,50}?{envs}
-void latex_answer(const std::string& s, bool colon, int prio, std::vector<Cand>* out, int* order) {
+void latex_answer(const std::string& s, const std::vector<size_t>& starts, bool colon, int prio,
+                  std::vector<Cand>* out, int* order) {
   size_t p = 0;
-  while (p + 6 <= s.size()) {
-    if (!starts_with_icase(s, p, "answer") || (colon && !(p + 6 < s.size() && s[p + 6] == ':'))) {
-      ++p;
-      continue;
-    }
+  for (size_t q : starts) {  // the "answer" positions, ascending
+    if (q < p || (colon && !(q + 6 < s.size() && s[q + 6] == ':'))) continue;
+    p = q;
     size_t x = p + 6 + (colon ? 1 : 0);
     bool matched = false;
     for (int k = 0; k <= 50 && x <= s.size(); ++k) {
@@ -449,6 +468,27 @@ struct ExprRegexes {
     answer_plain = new Regex("(?i:answer)(?:.{0,100}=\\s*|.{0,50}?)" + eon + "(?!\\s*=)");
     expr_plain = new Regex(expr_anch);
     number_plain = new Regex(num_anch);
+    number_groups = NumberGroups::of(*number_plain);
+    currency = currency_code_points();
+  }
+  NumberGroups number_groups;
+  std::vector<uint32_t> currency;
+
+  // the code points of currency_class() (a regex class of literal characters), sorted
+  static std::vector<uint32_t> currency_code_points() {
+    const std::string& c = currency_class();
+    std::vector<uint32_t> out;
+    for (size_t i = 1; i + 1 < c.size();) {  // inside [ ... ]
+      if (c[i] == '\\') {
+        ++i;
+        continue;
+      }
+      size_t len;
+      out.push_back(utf8_decode(c, i, &len));
+      i += len;
+    }
+    std::sort(out.begin(), out.end());
+    return out;
   }
 };
 const ExprRegexes& expr_regexes() {
@@ -456,8 +496,6 @@ const ExprRegexes& expr_regexes() {
   return r;
 }
 
-bool pf_final_answer(const std::string& s, size_t p) { return starts_with_icase(s, p, "final answer"); }
-bool pf_answer(const std::string& s, size_t p) { return starts_with_icase(s, p, "answer"); }
 // a number / expression match starts with \s or '=' (or at ^), then optional "**", then one of
 // - ( . a digit or a currency sign ($ or non-ASCII)
 bool pf_anchor(const std::string& s, size_t p) {
@@ -477,6 +515,13 @@ void expr_matches(const std::string& s, const Regex& re, int prio, bool (*pf)(co
                   std::vector<Cand>* out, int* order, long* steps, size_t from = 0) {
   std::vector<Regex::Match> ms;
   re.finditer(s, &ms, steps, pf, from);
+  for (auto& m : ms) out->push_back(Cand{prio, m.start, m.end, (*order)++, false, {}, m});
+}
+
+void expr_matches_at(const std::string& s, const Regex& re, int prio, const std::vector<size_t>& starts,
+                     std::vector<Cand>* out, int* order, long* steps) {
+  std::vector<Regex::Match> ms;
+  re.finditer_at(s, starts, &ms, steps);
   for (auto& m : ms) out->push_back(Cand{prio, m.start, m.end, (*order)++, false, {}, m});
 }
 
@@ -574,7 +619,10 @@ bool extract_cand(const std::string& s, const Cand& c, Tree* out, std::string* s
           } else {
             elems.push_back(t.import(tr, tr.root));
           }
+          if (&tr != &trees[0] && tr.complex != trees[0].complex) t.complex_mixed = true;
+          t.complex_mixed = t.complex_mixed || tr.complex_mixed;
           t.complex = t.complex || tr.complex;
+          t.import_bigops(tr);
         }
         t.root = t.op(NK::FSet, elems);
         *out = std::move(t);
@@ -595,6 +643,18 @@ bool extract_cand(const std::string& s, const Cand& c, Tree* out, std::string* s
 }
 
 }  // namespace
+
+std::vector<Regex::Match> number_plain_matches(const std::string& s, bool use_engine) {
+  const ExprRegexes& R = expr_regexes();
+  std::vector<Regex::Match> ms;
+  if (use_engine) {
+    long steps = 20000000;
+    R.number_plain->finditer(s, &ms, &steps, pf_anchor, 0);
+  } else {
+    number_finditer(s, 0, R.number_groups, R.currency, &ms);
+  }
+  return ms;
+}
 
 // Builds a number / expression answer from a regex match of one of the expression regexes.
 static bool extract_expr_match(const std::string& s, const Regex& re, const Regex::Match& m, Tree* out,
@@ -636,6 +696,7 @@ static bool extract_expr_match(const std::string& s, const Regex& re, const Rege
     std::string num = ii + decimal;
     *str = num;
     out->nodes.clear();
+    out->bigops.clear();
     out->complex = false;
     bool neg = num[0] == '-';
     std::string body = neg ? num.substr(1) : num;
@@ -683,6 +744,7 @@ Extracted extract(const std::string& text_in) {
   t_next_close_paren.valid = false;
   t_next_boxed.valid = false;
   long steps = 20000000;
+  const KeywordIndex kw = index_keywords(s);
 
   Extracted res;
   const int prios[] = {0, 50, 100, 200, 300, 301};
@@ -706,25 +768,31 @@ Extracted extract(const std::string& text_in) {
     int order = 0;
     if (prio == 0) {
       if (s.find("I hope") == std::string::npos) continue;
-      latex_final_answer_hope(s, &cs, &order);
-      expr_matches(s, *R.final_answer_hope, 0, pf_final_answer, &cs, &order, &steps);
+      latex_final_answer_hope(s, kw.final_answer, &cs, &order);
+      expr_matches_at(s, *R.final_answer_hope, 0, kw.final_answer, &cs, &order, &steps);
     } else if (prio == 50) {
-      latex_final_answer(s, &cs, &order);
-      latex_plain_matches(s, 50, true, &cs, &order);
-      latex_plain_boxed(s, &cs, &order);
-      expr_matches(s, *R.final_answer, 50, pf_final_answer, &cs, &order, &steps);
+      latex_final_answer(s, kw.final_answer, &cs, &order);
+      if (kw.boxed) {
+        latex_plain_matches(s, 50, true, &cs, &order);
+        latex_plain_boxed(s, &cs, &order);
+      }
+      expr_matches_at(s, *R.final_answer, 50, kw.final_answer, &cs, &order, &steps);
     } else if (prio == 100) {
-      latex_answer(s, true, 100, &cs, &order);
-      expr_matches(s, *R.answer_colon, 100, pf_answer, &cs, &order, &steps);
+      latex_answer(s, kw.answer, true, 100, &cs, &order);
+      expr_matches_at(s, *R.answer_colon, 100, kw.answer, &cs, &order, &steps);
     } else if (prio == 200) {
-      latex_answer(s, false, 200, &cs, &order);
-      expr_matches(s, *R.answer_plain, 200, pf_answer, &cs, &order, &steps);
+      latex_answer(s, kw.answer, false, 200, &cs, &order);
+      expr_matches_at(s, *R.answer_plain, 200, kw.answer, &cs, &order, &steps);
     } else {
       latex_plain_matches(s, 300, false, &cs, &order);
       size_t before = cs.size();
       expr_matches(s, *R.expr_plain, 300, pf_anchor, &cs, &order, &steps, from);
       size_t mid = cs.size();
-      expr_matches(s, *R.number_plain, 300, pf_anchor, &cs, &order, &steps, from);
+      {
+        std::vector<Regex::Match> ms;
+        number_finditer(s, from, R.number_groups, R.currency, &ms);
+        for (auto& m : ms) cs.push_back(Cand{300, m.start, m.end, order++, false, {}, std::move(m)});
+      }
       // remember which regex made which match
       for (size_t i = before; i < cs.size(); ++i) cs[i].m.groups.push_back({i < mid ? 1 : 2, 0});
     }

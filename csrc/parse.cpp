@@ -30,6 +30,16 @@ int Tree::import(const Tree& src, int id, int depth) {
   return add(std::move(n));
 }
 
+void Tree::import_bigops(const Tree& src) {
+  for (const BigOp& b : src.bigops) {
+    BigOp c = b;
+    c.body = import(src, b.body);
+    c.lo = import(src, b.lo);
+    c.hi = import(src, b.hi);
+    bigops.push_back(std::move(c));
+  }
+}
+
 namespace {
 
 struct ParseError {};
@@ -730,7 +740,7 @@ int Parser::math() {
   } catch (ParseError&) {
   }
   p_ = save;
-  t_.nodes.resize(nodes_save);
+  t_.rewind(nodes_save);
   auto groups = semicolon_elements(false, T::Eof);
   if (ct() != T::Eof) {
     for (const Tok& tk : tk_)
@@ -781,7 +791,7 @@ void Parser::element(bool no_relation, std::vector<int>* out, T closer) {
       return;
     }
     p_ = save;
-    t_.nodes.resize(ns);
+    t_.rewind(ns);
   }
   // plus_minus with a leading expr, or a relation / expr
   size_t save = p_;
@@ -798,7 +808,7 @@ void Parser::element(bool no_relation, std::vector<int>* out, T closer) {
   } catch (ParseError&) {
   }
   p_ = save;
-  t_.nodes.resize(ns);
+  t_.rewind(ns);
   if (no_relation) {
     out->push_back(expr());
   } else {
@@ -871,7 +881,7 @@ int Parser::interval_or_tuple() {
   } catch (ParseError&) {
   }
   p_ = save;
-  t_.nodes.resize(ns);
+  t_.rewind(ns);
   // ordered tuple: ( elements ) | \( elements \) | [ elements ]
   T close;
   if (open == T::LParen) close = T::RParen;
@@ -1031,7 +1041,8 @@ int Parser::postfix(bool allow_func) {
   while (true) {
     if (ct() == T::Bang) {
       ++p_;
-      if (ct() == T::Assign) throw Unsure{"!="};
+      // "!=" written together is one token (Ne, see the lexer); "5! = 120" with anything between
+      // the two is a factorial and then '=' for the reference's lexer too
       e = t_.func("factorial", {e});
     } else if (ct() == T::Degree) {
       ++p_;  // degrees are kept as plain numbers (convert_degrees=False)
@@ -1053,10 +1064,12 @@ int Parser::big_operator() {
   ++p_;
   // the grammar needs a subscript (or, for \sum / \prod, a superscript) right after the operator
   if (ct() != T::Underscore && (lim || ct() != T::Caret)) throw ParseError{};
+  BigOp op;
   try {
     expect(T::Underscore);
     expect(T::LBrace);
     if (ct() != T::Letter && ct() != T::Greek) throw Unsure{"command"};
+    if (ct() == T::Letter && cur().text != "I") op.var = std::string(1, to_lower(cur().text[0]));
     ++p_;
     if (lim) {
       if (!(ct() == T::Cmd && is_approach(cur().text))) throw Unsure{"command"};
@@ -1064,21 +1077,29 @@ int Parser::big_operator() {
       expr();
     } else {
       expect(T::Assign);
-      expr();
+      op.lo = expr();
     }
     expect(T::RBrace);
     if (!lim) {
       expect(T::Caret);
-      sup_value();
+      op.hi = sup_value();
     }
     if (ct() == T::Caret || ct() == T::Underscore) throw Unsure{"command"};
-    mp(false);
+    op.body = mp(false);
   } catch (ParseError&) {
     throw Unsure{"command"};
   }
   // a process-wide counter: no two opaque nodes, in any gold or response, share a name
   static std::atomic<uint64_t> counter{0};
-  return t_.func("opaque:" + kind + std::to_string(counter.fetch_add(1, std::memory_order_relaxed)), {});
+  op.name = "opaque:" + kind + std::to_string(counter.fetch_add(1, std::memory_order_relaxed));
+  int id = t_.func(op.name, {});
+  // Sum(body, (var, lo, hi)) / Product: kept for an evaluation where the bounds are integers (the
+  // record goes with its nodes if the parser backtracks)
+  if (!lim && !op.var.empty()) {
+    op.prod = kind == "prod";
+    t_.bigops.push_back(op);
+  }
+  return id;
 }
 
 // sympy.binomial(n, k) evaluates as it is built (binomial.eval): k = 0 gives 1, k = 1 gives n, a
@@ -1346,7 +1367,7 @@ int Parser::func() {
       done = true;
     } catch (ParseError&) {
       p_ = save;
-      t_.nodes.resize(ns);
+      t_.rewind(ns);
     }
   }
   if (!done) arg = mp(true);
@@ -1497,6 +1518,20 @@ int Parser::comp(bool allow_func) {
         if (args.size() == 1) return args[0];
         static std::atomic<uint64_t> counter{0};
         return t_.func("opaque:" + w + std::to_string(counter.fetch_add(1, std::memory_order_relaxed)), {});
+      }
+      if (w == "gamma" || w == "Gamma") {
+        // FUNC_GAMMA is an atom (get_symbol: EulerGamma) or the gamma function of what follows;
+        // with nothing that could be its argument after it (\sin(\gamma), \frac{\gamma}{2}, \gamma = 2)
+        // it can only be the constant
+        switch (peek()) {
+          case T::RParen: case T::RBrace: case T::RBracket: case T::Eof: case T::Assign: case T::EqEq:
+          case T::Lt: case T::Le: case T::Gt: case T::Ge: case T::Ne: case T::Comma: case T::Semi: case T::Mul:
+          case T::Div:
+            ++p_;
+            return t_.func("EulerGamma", {});
+          default:
+            break;
+        }
       }
       throw Unsure{"command"};
     }
@@ -1903,6 +1938,7 @@ bool comma_number(const std::string& s, std::string* digits) {
 ParseStatus parse_latex(const std::string& s, Tree* out) {
   if (s.size() > Limits::kMaxAnswerBytes) throw TooBig{"answer too long"};
   out->nodes.clear();
+  out->bigops.clear();
   out->root = -1;
   std::string digits;
   if (comma_number(s, &digits)) {
@@ -2093,6 +2129,7 @@ class PlainParser {
 ParseStatus parse_plain_expr(const std::string& s, Tree* out) {
   if (s.size() > Limits::kMaxAnswerBytes) throw TooBig{"expression too long"};
   out->nodes.clear();
+  out->bigops.clear();
   for (char c : s) {
     if (!(is_digit(c) || c == '.' || c == '+' || c == '-' || c == '*' || c == '/' || c == '(' || c == ')' ||
           c == ' ' || c == '\t' || c == '\n'))

@@ -81,6 +81,9 @@ inline bool set_has(const Regex::RNode& n, uint32_t c) {
 
 }  // namespace
 
+uint32_t utf8_decode(const std::string& s, size_t i, size_t* len) { return decode(s, i, len); }
+bool unicode_space(uint32_t c) { return cp_space(c); }
+
 int Regex::new_node(RNode::T t) {
   RNode n;
   n.t = t;
@@ -625,6 +628,27 @@ void Regex::finditer(const std::string& s, std::vector<Match>* out, long* steps,
     } else {
       pos = pos < s.size() ? next_cp(s, pos) : pos + 1;
     }
+  }
+}
+
+void Regex::finditer_at(const std::string& s, const std::vector<size_t>& starts, std::vector<Match>* out,
+                        long* steps) const {
+  if (starts.empty()) return;
+  size_t pos = 0;  // no match may start before the end of the previous one
+  RegexMatcher mm(*this, s, steps);
+  for (size_t q : starts) {
+    if (q < pos || q > s.size()) continue;
+    mm.depth = 0;
+    mm.end = 0;
+    if (!mm.m(start_, q)) continue;
+    Match m;
+    m.start = q;
+    m.end = mm.end;
+    m.groups = mm.groups;
+    m.groups[0] = {(long)q, (long)mm.end};
+    std::fill(mm.groups.begin(), mm.groups.end(), std::pair<long, long>{-1, -1});
+    out->push_back(std::move(m));
+    pos = out->back().end > q ? out->back().end : next_cp(s, q);
   }
 }
 

@@ -12,6 +12,11 @@
 
 namespace paced {
 
+// UTF-8 helpers shared with the hand-written matchers: one code point at i (invalid bytes decode as
+// themselves, length 1), and Python's \s on a code point.
+uint32_t utf8_decode(const std::string& s, size_t i, size_t* len);
+bool unicode_space(uint32_t c);
+
 class Regex {
  public:
   explicit Regex(const std::string& pattern, bool dotall = false);
@@ -26,6 +31,10 @@ class Regex {
   // (lookbehinds and ^ still see the whole string).
   void finditer(const std::string& s, std::vector<Match>* out, long* steps,
                 bool (*prefilter)(const std::string&, size_t) = nullptr, size_t from = 0) const;
+  // finditer restricted to match starts in `starts` (ascending): the same matches as finditer with
+  // a prefilter that accepts exactly those positions, without visiting every other byte.
+  void finditer_at(const std::string& s, const std::vector<size_t>& starts, std::vector<Match>* out,
+                   long* steps) const;
   int group_index(const std::string& name) const;
   int num_groups() const { return ngroups_; }
 
