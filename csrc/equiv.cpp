@@ -764,6 +764,72 @@ bool has_unmatched(Ctx& c, const std::vector<int>& a, const std::vector<int>& b)
   return false;
 }
 
+// sympy's default_sort_key order (math-verify's sort_key: the assignment's right side, evalf'ed
+// where that works, which keeps the order of numbers) for elements made of numbers, symbols,
+// tuples, intervals and equations: class key (Number (1, 0), Symbol (2, 0), other Basic (5, 0)
+// with the class name), then the argument count and the arguments in turn; numbers by value,
+// symbols by name. Anything else: Unsure.
+int sympy_key_cmp(Ctx& c, int a, int b, int depth = 0) {
+  if (depth > Limits::kMaxDepth) throw TooBig{"deep"};
+  auto cls = [&](int id, int* rank) -> std::string {
+    const Node& n = c.t.at(id);
+    switch (n.kind) {
+      case NK::Num: *rank = 1; return "Number";
+      case NK::Sym: *rank = 2; return "Symbol";
+      case NK::Tuple: *rank = 5; return "Tuple";
+      case NK::Interval: *rank = 5; return "Interval";
+      case NK::Rel:
+        if (n.op == RelOp::Eq) {
+          *rank = 5;
+          return "Equality";
+        }
+        break;
+      default: break;
+    }
+    throw Unsure{"non-numeric set element"};
+  };
+  int ra = 0, rb = 0;
+  std::string ca = cls(a, &ra), cb = cls(b, &rb);
+  if (ra != rb) return ra < rb ? -1 : 1;
+  if (ca != cb) return ca < cb ? -1 : 1;
+  const Node& x = c.t.at(a);
+  const Node& y = c.t.at(b);
+  if (x.kind == NK::Num) return Rational::cmp(x.val, y.val);
+  if (x.kind == NK::Sym) {
+    std::string u = base_name(x.name), v = base_name(y.name);
+    return u == v ? 0 : (u < v ? -1 : 1);
+  }
+  std::vector<int> xa = x.kids, ya = y.kids;
+  if (xa.size() != ya.size()) return xa.size() < ya.size() ? -1 : 1;
+  for (size_t i = 0; i < xa.size(); ++i) {
+    int r = sympy_key_cmp(c, xa[i], ya[i], depth + 1);
+    if (r) return r;
+  }
+  if (x.kind == NK::Interval) {  // then left_open, right_open: BooleanFalse before BooleanTrue
+    if (x.lopen != y.lopen) return x.lopen ? 1 : -1;
+    if (x.ropen != y.ropen) return x.ropen ? 1 : -1;
+  }
+  return 0;
+}
+
+// set elements in sympy's order for the kinds above; Unsure on other kinds or on ties
+std::vector<int> sympy_ordered(Ctx& c, const std::vector<int>& kids) {
+  std::vector<int> keys, out = kids;
+  for (int& k : out) k = resolve_interval(c, k);  // latex2sympy's reading of each element
+  std::vector<std::pair<int, int>> v;             // (key node, element)
+  for (int k : out) {
+    int key = is_assignment(c.t, k) ? c.t.at(last_rel(c.t, k)).kids[1] : k;
+    v.push_back({key, k});
+  }
+  for (auto& e : v)
+    for (auto& f : v)
+      if (&e != &f && sympy_key_cmp(c, e.first, f.first) == 0) throw Unsure{"tied set elements"};
+  std::sort(v.begin(), v.end(), [&](auto& l, auto& r) { return sympy_key_cmp(c, l.first, r.first) < 0; });
+  out.clear();
+  for (auto& e : v) out.push_back(e.second);
+  return out;
+}
+
 Tri deep_compare(Ctx& c, int g, int p, bool g_is_set, bool p_is_set, bool p_unsorted) {
   std::vector<int> gk = c.t.at(g).kids, pk = c.t.at(p).kids;
   if (g_is_set) gk = dedup(c, gk);
@@ -782,7 +848,14 @@ Tri deep_compare(Ctx& c, int g, int p, bool g_is_set, bool p_is_set, bool p_unso
     // the reference's order (sympy's sort keys) is unknown here, but it pairs the elements one to
     // one: an element equal to no element of the other side makes some pair unequal in any order
     if (has_unmatched(c, gk, pk)) return Tri::False;
-    throw;
+    if (g_is_set) {
+      gk = sympy_ordered(c, gk);
+      pk = sympy_ordered(c, pk);
+    } else if (p_is_set && !p_unsorted) {
+      pk = sympy_ordered(c, pk);
+    } else {
+      throw;
+    }
   }
   Tri acc = Tri::True;
   for (size_t i = 0; i < gk.size(); ++i) {

@@ -919,8 +919,9 @@ int Parser::relation() {
     ++p_;
     int rh = expr();
     if (approx) {
-      const Node& ln = t_.at(lh);
-      if (ln.kind == NK::Rel || ln.kind == NK::And) throw Unsure{"approx chain"};
+      // latex2sympy: the right side when the left is made of symbols only (for a relation or a
+      // chain: every side of it), else the left side, a relation chain included (rel = a \approx b
+      // keeps rel; a following '=' extends that chain)
       lh = is_symbols_only(lh) ? rh : lh;
       continue;
     }

@@ -306,6 +306,17 @@ CASES = [
     ("0 x", B % "0.0", True),
     ("0 x y", B % "5 \\mod 5", True),
     ("0 x", B % "0.5", False),
+    # \approx after a relation chain keeps the chain (its right side when every side is symbols)
+    ("4", B % "a = 2+2 \\approx 4.1 = 4", True),
+    ("4.1", B % "a = 2+2 \\approx 4.1 = 4", False),
+    ("3", B % "x = y \\approx 3", True),
+    ("5.01", B % "2+3 = 5 \\approx 5.01", False),
+    # set elements math-verify pairs in sympy's default_sort_key order (tuples, intervals, Eq):
+    # Interval sorts before Tuple, whatever the values
+    ("(x=1, y=2) \\text{ and } (x=2, y=1)", B % "(2, 1) \\text{ and } (1, 2)", True),
+    ("(x=3, y=1) \\text{ and } (x=2, y=5)", B % "(3, 1) \\text{ and } (2, 5)", True),
+    ("(x=2, y=1) \\text{ and } (x=3, y=5)", B % "(2, 1) \\text{ and } (3, 5)", False),
+    ("\\{(a,1), (b, 2)\\}", B % "\\{(a,2), (b, 1)\\}", False),
 ]
 
 
