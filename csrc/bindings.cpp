@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <atomic>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <unordered_map>
 #include <vector>
@@ -178,13 +179,22 @@ Resolved to_resolved(py::object obj) {
 
 py::array_t<uint8_t> score(const std::vector<std::string>& golds, const std::vector<std::string>& responses,
                            const std::vector<size_t>& gold_index, int threads, const Resolved* resolved = nullptr) {
-  std::vector<GoldCache> gc(golds.size());
   std::vector<uint8_t> codes(responses.size(), 2);
   {
     py::gil_scoped_release release;
-    parallel_for(golds.size(), threads, [&](size_t i) { gc[i] = extract_gold(golds[i], resolved); });
+    // each distinct gold is extracted once (verify_codes gets one gold per pair, mostly repeats)
+    std::unordered_map<std::string_view, size_t> first;
+    std::vector<size_t> slot(golds.size());
+    std::vector<size_t> distinct;
+    for (size_t i = 0; i < golds.size(); ++i) {
+      auto [it, fresh] = first.emplace(std::string_view(golds[i]), distinct.size());
+      if (fresh) distinct.push_back(i);
+      slot[i] = it->second;
+    }
+    std::vector<GoldCache> gc(distinct.size());
+    parallel_for(distinct.size(), threads, [&](size_t k) { gc[k] = extract_gold(golds[distinct[k]], resolved); });
     parallel_for(responses.size(), threads,
-                 [&](size_t i) { codes[i] = code_of(verify_with_gold(gc[gold_index[i]], responses[i])); });
+                 [&](size_t i) { codes[i] = code_of(verify_with_gold(gc[slot[gold_index[i]]], responses[i])); });
   }
   py::array_t<uint8_t> out(codes.size());
   std::copy(codes.begin(), codes.end(), out.mutable_data());

@@ -434,12 +434,32 @@ const char* const kUnits[] = {
     "liter", "loss", "yard", "pure", "year", "increase", "decrease", "d", "less", "Surface", "litre",
     "pi sq m", "s .", "metre", "meter", "inch"};
 
+// unit lengths, and the longest: a tail longer than it plus "es" is no unit (checked first, as
+// strip_unit_once asks about every position of the answer)
+struct UnitLengths {
+  size_t len[sizeof(kUnits) / sizeof(kUnits[0])];
+  size_t max = 0;
+  UnitLengths() {
+    for (size_t i = 0; i < sizeof(kUnits) / sizeof(kUnits[0]); ++i) {
+      len[i] = std::strlen(kUnits[i]);
+      if (len[i] > max) max = len[i];
+    }
+  }
+};
+const UnitLengths& unit_lengths() {
+  static const UnitLengths u;
+  return u;
+}
+
 bool tail_is_unit(const std::string& s, size_t k) {  // s[k:] matches UNIT(s|es)?\s*$
   size_t e = s.size();
   while (e > k && is_space(s[e - 1])) --e;
   size_t len = e - k;
-  for (const char* u : kUnits) {
-    size_t ul = std::strlen(u);
+  const UnitLengths& L = unit_lengths();
+  if (len > L.max + 2) return false;
+  for (size_t ui = 0; ui < sizeof(kUnits) / sizeof(kUnits[0]); ++ui) {
+    const char* u = kUnits[ui];
+    size_t ul = L.len[ui];
     if (len < ul || std::memcmp(s.data() + k, u, ul) != 0) continue;
     size_t rest = len - ul;
     if (rest == 0) return true;
