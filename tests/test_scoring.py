@@ -258,6 +258,20 @@ CASES = [
     ("0", B % "ed\\equiv 1 \\pmod{(n-1)}", False),
     ("2", B % "d\\alpha", False),
     ("\\text{dalpha}", B % "d\\alpha", True),
+    # an arrow anywhere but right after \lim_{x is a syntax error there, whatever else the answer holds
+    ("5", B % "|w_n| \\to \\infty", False),
+    ("5", "So $5$. Then $|w_n| \\to \\infty$", True),
+    ("5", B % "\\lim_{n \\to 0} |f| = 5", True),
+    ("3", "So 3. $\\lim_{\\alpha \\to 0} |f| = 5$", False),
+    # a non-ASCII character no token of the reference lexer starts with is a lexer error there
+    ("3", "So $3$. Then $∑ a_i$", True),
+    ("2", "So $3$. Then $∑ a_i$", False),
+    ("3", B % "3 °", False),
+    ("2", B % "3 ✓ 2", True),
+    # f(a, b, ...) with a syntax error inside its arguments: no other reading exists there
+    ("0", "So $0$. Then $f(x_1, x_2, 0..., x_n)$", True),
+    ("1", "So $0$. Then $f(x_1, x_2, 0..., x_n)$", False),
+    ("3", "So $3$. $f(a, +) = 4$", False),
     # helper "equiv" (issue 9): complex-mode symbols (real=False) are other symbols than the real
     # ones of the same name; math-verify's symbol rules compare names only
     ("\\frac{n^2}{n-1}", B % "i", False),
