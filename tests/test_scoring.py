@@ -305,6 +305,18 @@ CASES = [
     ("120", B % "5!\\,=120", True),
     ("120", B % "5!=120", False),
     ("25", B % "5! = 120", False),
+    # exponentials of one base (or a single one a side) in an exact normal form over prime bases:
+    # the same form is sympy's simplify(a - b) == 0
+    ("4^n", B % "2^{2n}", True),
+    ("n(n+1)2^{n-2}", B % "2^{n-2}(n^2+n)", True),
+    ("\\frac{2^n}{n+1}", B % "\\frac{2^n}{1+n}", True),
+    ("1-\\frac{1}{2^{1/n}}", B % "1-(\\frac{1}{2})^{\\frac{1}{n}}", True),
+    ("(2^n+1)^5", B % "2^{5 n} + 5 \\cdot 2^{4 n} + 10 \\cdot 2^{3 n} + 10 \\cdot 2^{2 n} + 5 \\cdot 2^{n} + 1", True),
+    ("4^n", B % "2^{2n+1}", False),
+    # a product with a literal 0 factor is the number 0 for math-verify's numeric test
+    ("0 x", B % "0.0", True),
+    ("0 x y", B % "5 \\mod 5", True),
+    ("0 x", B % "0.5", False),
 ]
 
 
