@@ -53,6 +53,8 @@ struct Ctx {
   double mag = 0;
   // exact evaluation at a rational point: the symbols' values (else symbols are not exact)
   const std::map<std::string, Rational>* renv = nullptr;
+  // exact values of sums / products with integer bounds (a numeric answer's doit())
+  bool exact_sums = false;
   // with allow_ext: an undefined function call's value depends on the function's name only (as
   // for math-verify's unwrap_fcs, which turns each call into a symbol of its own)
   bool fn_by_name = false;
@@ -67,6 +69,15 @@ struct DGuard {
 };
 
 // ---------------------------------------------------------------- exact rational evaluation
+bool has_float(const Tree& t, int id, int depth = 0) {
+  if (depth > Limits::kMaxDepth) throw TooBig{"deep"};
+  const Node& n = t.at(id);
+  if (n.kind == NK::Num && n.isfloat) return true;
+  for (int k : n.kids)
+    if (has_float(t, k, depth + 1)) return true;
+  return false;
+}
+
 bool exact(Ctx& c, int id, Rational* out) {
   DGuard g(c.depth);
   const Node& n = c.t.at(id);
@@ -177,15 +188,18 @@ bool exact(Ctx& c, int id, Rational* out) {
         return true;
       }
       if (n.name == "UnevaluatedExpr") return exact(c, n.kids[0], out);  // \gcd, \lcm: doit() unwraps it
-      if (c.renv && c.allow_bigop && n.name.rfind("opaque:", 0) == 0) {
+      if ((c.allow_bigop || c.exact_sums) && n.name.rfind("opaque:", 0) == 0) {
+        // Sum / Product over integer bounds of rational terms: what doit() computes. A decimal
+        // literal inside (a sympy Float, not our exact decimal) is left alone
         const BigOp* op = c.t.bigop(n.name);
-        if (!op) return false;
+        if (!op || has_float(c.t, op->body) || has_float(c.t, op->lo) || has_float(c.t, op->hi)) return false;
         Rational lo, hi;
         if (!exact(c, op->lo, &lo) || !exact(c, op->hi, &hi)) return false;
         if (!lo.is_integer() || !hi.is_integer()) return false;
         Rational cnt = hi - lo + Rational(1);
         if (cnt.is_neg() || cnt.is_zero() || !cnt.num.fits_int64() || cnt.num.to_int64() > 200) return false;
-        std::map<std::string, Rational> env = *c.renv;
+        std::map<std::string, Rational> env;
+        if (c.renv) env = *c.renv;
         const std::map<std::string, Rational>* saved = c.renv;
         Rational acc(op->prod ? 1 : 0);
         bool ok = true;
@@ -432,7 +446,16 @@ struct Val {
 Val value(Ctx& c, int id) {
   Val v;
   Rational r;
-  if (exact(c, id, &r)) {
+  c.exact_sums = true;
+  bool ex;
+  try {
+    ex = exact(c, id, &r);
+  } catch (...) {
+    c.exact_sums = false;
+    throw;
+  }
+  c.exact_sums = false;
+  if (ex) {
     v.is_exact = true;
     v.q = r;
     v.z = cd(r.to_double(), 0);
@@ -1853,8 +1876,9 @@ Tri answers_equal(const Tree& gold, const Tree& pred) {
   c.t.nodes.reserve(gold.nodes.size() + pred.nodes.size() + 64);
   size_t gstart = c.t.nodes.size();
   int g = c.t.import(gold, gold.root);
-  c.t.import_bigops(gold);
-  size_t pstart = c.t.nodes.size(), gops = c.t.bigops.size();
+  c.t.import_bigops(gold);  // each side's sums right after it: the marking below goes by position
+  size_t gops = c.t.bigops.size();
+  size_t pstart = c.t.nodes.size();
   int p = c.t.import(pred, pred.root);
   c.t.import_bigops(pred);
   c.t.complex = gold.complex || pred.complex;
@@ -1865,7 +1889,7 @@ Tri answers_equal(const Tree& gold, const Tree& pred) {
       bool cplx = i < pstart ? gold.complex : pred.complex;
       if (n.kind == NK::Sym && cplx) n.name = std::string(1, kComplexMark) + n.name;
     }
-    for (size_t i = 0; i < c.t.bigops.size(); ++i)  // a bound variable is named like its body's symbols
+    for (size_t i = 0; i < c.t.bigops.size(); ++i)  // a bound symbol is marked as its uses are
       if (i < gops ? gold.complex : pred.complex) c.t.bigops[i].var = std::string(1, kComplexMark) + c.t.bigops[i].var;
   } else {
     c.mixed_complex = gold.complex != pred.complex;

@@ -208,6 +208,17 @@ CASES = [
     ("n(n+1)2^{n-2}", B % "\\sum_{k=1}^n C(n, k) k^2", False),
     # a relation against a scalar is False whatever its symbols (even read in complex mode)
     ("No", "For complex $i$: $$\\left|\\sum_{i=1}^n u_i v_i\\right| \\leq \\sqrt{\\sum_{i=1}^n u_i^2}$$", False),
+    # \sum / \prod with integer bounds over rational terms: doit()'s exact value (a bound symbol
+    # read in complex mode, like i here, is bound as its uses are)
+    ("6", B % "\\sum_{k=1}^{3} k", True),
+    ("7", B % "\\sum_{k=1}^{3} k", False),
+    ("6.0", B % "\\sum_{k=1}^{3} k", True),
+    ("\\frac{11}{6}", B % "\\sum_{k=1}^{3} \\frac{1}{k}", True),
+    ("24", B % "\\prod_{k=1}^{4} k", True),
+    ("5", B % "2\\sum_{k=1}^{2} k - 1", True),
+    ("12", B % "\\sum_{i=1}^{2} \\sum_{j=1}^{2} (i+j)", True),
+    ("3", B % "\\sum_{i=1}^{2} i", True),
+    ("4", B % "\\sum_{i=1}^{2} i", False),
     # \binom / \choose: sympy.binomial evaluates as it is built (k = 0, 1, a negative k, numbers),
     # so 2\binom{4}{2} is the mixed number 2 + 6; an unevaluated value n (k = n - 1) or k (1+1) is
     # not a Rational, so no mixed number there
