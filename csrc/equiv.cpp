@@ -58,6 +58,8 @@ struct Ctx {
   // with allow_ext: an undefined function call's value depends on the function's name only (as
   // for math-verify's unwrap_fcs, which turns each call into a symbol of its own)
   bool fn_by_name = false;
+  // with allow_ext: another choice of the pseudo-random function values
+  uint64_t fn_salt = 0;
 };
 
 struct DGuard {
@@ -373,6 +375,7 @@ cd ev(Ctx& c, int id, const Env& env) {
           h *= 1099511628211ull;
         };
         for (char ch : f) mix((unsigned char)ch);
+        mix(c.fn_salt);
         for (const cd& z : a) {
           if (c.fn_by_name) break;
           if (!std::isfinite(z.real()) || !std::isfinite(z.imag())) throw Unsure{"unknown function"};
@@ -1363,6 +1366,16 @@ bool plain_algebra(const Tree& t, int id, int depth = 0) {
   }
 }
 
+// no opaque node (\sum, Max: not evaluable here) anywhere
+bool has_fn_call_only(const Tree& t, int id, int depth = 0) {
+  if (depth > Limits::kMaxDepth) throw TooBig{"deep"};
+  const Node& n = t.at(id);
+  if (n.kind == NK::Func && n.name.rfind("opaque:", 0) == 0) return false;
+  for (int k : n.kids)
+    if (!has_fn_call_only(t, k, depth + 1)) return false;
+  return true;
+}
+
 // an undefined function applied to arguments, f(x) or C(n, k), against an expression without
 // any undefined function: their difference never simplifies to 0
 bool undef_call_vs_other(const Tree& t, int g, int p) {
@@ -1371,6 +1384,35 @@ bool undef_call_vs_other(const Tree& t, int g, int p) {
     return n.kind == NK::Func && n.name.rfind("fn:", 0) == 0;
   };
   return (is_undef_call(g) && !has_undef_call(t, p)) || (is_undef_call(p) && !has_undef_call(t, g));
+}
+
+// a constant expression holding undefined function calls (\zeta(2) - 1) against one without any:
+// when its value changes with the calls' values (two choices of them), the difference is a
+// non-constant function of unknowns, which never simplifies to 0
+bool depends_on_undef_calls(Ctx& c, int g, int p) {
+  bool gu = has_undef_call(c.t, g), pu = has_undef_call(c.t, p);
+  if (gu == pu) return false;
+  int side = gu ? g : p;
+  if (!has_fn_call_only(c.t, side)) return false;
+  cd v[2];
+  for (int k = 0; k < 2; ++k) {
+    c.allow_ext = true;
+    c.fn_salt = (uint64_t)k * 7919u;
+    try {
+      v[k] = ev(c, side, Env{});
+    } catch (Unsure&) {
+      c.allow_ext = false;
+      c.fn_salt = 0;
+      return false;
+    } catch (...) {
+      c.allow_ext = false;
+      c.fn_salt = 0;
+      throw;
+    }
+    c.allow_ext = false;
+    c.fn_salt = 0;
+  }
+  return cmp_tol(v[0], v[1]) == 0;
 }
 
 // exact values at rational points of plain algebra with integer powers (too large for a double:
@@ -1491,6 +1533,7 @@ Tri numeric_or_symbolic(Ctx& c, int g, int p) {
   collect_syms(c.t, g, &syms, &hf);
   collect_syms(c.t, p, &syms, &hf);
   if (syms.empty() && undef_call_vs_other(c.t, g, p)) return Tri::False;  // 1 vs \zeta(2)
+  if (syms.empty() && depends_on_undef_calls(c, g, p)) return Tri::False;  // 1 vs \zeta(2) - 1
   bool gf, gi, gp, pf, pi, pp;
   bool ga = atomic_num(c.t, g, &gf, &gi, &gp);
   bool pa = atomic_num(c.t, p, &pf, &pi, &pp);
