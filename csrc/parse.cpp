@@ -7,6 +7,7 @@
 // only of well-understood tokens are Fail (math-verify's parser rejects them too).
 #include <algorithm>
 #include <atomic>
+#include <iterator>
 #include <cstring>
 #include <map>
 #include <set>
@@ -130,6 +131,33 @@ const std::set<std::string>& single_arg_funcs() {
                                           "cosh", "tanh", "arsinh", "arcosh", "artanh", "arcsinh", "arccosh",
                                           "arctanh", "floor", "ceil", "det"};
   return k;
+}
+
+// The non-ASCII characters a token of the reference lexer can start with (each lexes alone;
+// found by running the installed PSLexer on every code point up to U+2FFFF). '°' only follows '^'.
+bool starts_reference_token(const std::string& s, size_t i) {
+  static const uint32_t cps[] = {
+      0xB1, 0xD7, 0xF7, 0x393, 0x394, 0x398, 0x39B, 0x39E, 0x3A0, 0x3A3, 0x3A5, 0x3A6, 0x3A8, 0x3A9, 0x3B1,
+      0x3B2, 0x3B3, 0x3B4, 0x3B5, 0x3B6, 0x3B7, 0x3B8, 0x3B9, 0x3BA, 0x3BB, 0x3BC, 0x3BD, 0x3BE, 0x3BF, 0x3C0,
+      0x3C1, 0x3C2, 0x3C3, 0x3C4, 0x3C5, 0x3C6, 0x3C7, 0x3C8, 0x3C9, 0x3D1, 0x3D5, 0x3D6, 0x3F1, 0x3F5,
+      0x2102, 0x2115, 0x2119, 0x211A, 0x211D, 0x2124, 0x2135, 0x2136, 0x2137, 0x2138, 0x2205, 0x2209, 0x2212,
+      0x2213, 0x2214, 0x2215, 0x2216, 0x2217, 0x2218, 0x2219, 0x2229, 0x222A, 0x2238, 0x2241, 0x2243, 0x2244,
+      0x2245, 0x2247, 0x2248, 0x2249, 0x224A, 0x224B, 0x224E, 0x224F, 0x2250, 0x2251, 0x2252, 0x2253, 0x2254,
+      0x2255, 0x2256, 0x2257, 0x225F, 0x2260, 0x2261, 0x2262, 0x2263, 0x2264, 0x2265, 0x2266, 0x2267, 0x226A,
+      0x226B, 0x2272, 0x2273, 0x227A, 0x227B, 0x227E, 0x227F, 0x2286, 0x2287, 0x2295, 0x2297, 0x229E, 0x22A0,
+      0x22A1, 0x22C4, 0x22C5, 0x22C6, 0x22C8, 0x22C9, 0x22CA, 0x22D6, 0x22D7};
+  // decode one UTF-8 sequence; a malformed one is treated as a known character (undecided)
+  unsigned char c = (unsigned char)s[i];
+  int n = c >= 0xF0 ? 3 : c >= 0xE0 ? 2 : c >= 0xC0 ? 1 : -1;
+  if (n < 0 || i + (size_t)n >= s.size()) return true;
+  uint32_t cp = c & (0x3F >> n);
+  for (int k = 1; k <= n; ++k) {
+    unsigned char cc = (unsigned char)s[i + (size_t)k];
+    if ((cc & 0xC0) != 0x80) return true;
+    cp = (cp << 6) | (cc & 0x3F);
+  }
+  if (cp > 0x2FFFF) return true;  // beyond the scan: undecided
+  return std::binary_search(std::begin(cps), std::end(cps), cp);
 }
 
 // ---------------------------------------------------------------------------------- lexer
@@ -501,6 +529,8 @@ class Lexer {
           return tok(u.t, u.text);
         }
       }
+      // a character no lexer rule starts with is a lexer error there: the whole candidate fails
+      if (!starts_reference_token(s_, i_)) throw ParseError{};
       throw Unsure{"non-ASCII character"};
     }
     // '#', '@', '?', '"', '`', '%', '$' etc. are no token of the grammar
@@ -1663,6 +1693,12 @@ int Parser::atom_expr() {
         }
       } catch (ParseError&) {
         p_ = save;
+        // with a comma at the top of well-closed parentheses this can only be func_common_args
+        // (expr ',' args, or expr ','), so a syntax error in it is one there too
+        bool brackets = false;
+        for (size_t i = save + 1; i + 1 < q; ++i)
+          brackets = brackets || tk_[i].t == T::LBracket || tk_[i].t == T::RBracket;
+        if (depth == 0 && comma && !brackets && tk_[q - 2].t != T::Comma) throw;
         throw Unsure{"function call"};
       }
       int f = t_.func("fn:" + name + sub, args);
@@ -1845,12 +1881,21 @@ bool comma_in_angle(const std::vector<Tok>& tk, size_t i) {
   return false;
 }
 
+// LIM_APPROACH_SYM (\to, \rightarrow, ...) is a token of limit_sub only: \lim _ { x \to ...
+bool stray_arrow(const std::vector<Tok>& tk, size_t i) {
+  if (i < 4) return true;
+  T v = tk[i - 1].t;
+  return !(tk[i - 4].t == T::Cmd && tk[i - 4].text == "lim" && tk[i - 3].t == T::Underscore &&
+           tk[i - 2].t == T::LBrace && (v == T::Letter || v == T::Greek || v == T::OtherSym));
+}
+
 bool definite_syntax_error(const std::vector<Tok>& tk) {
   for (size_t i = 0; i + 1 < tk.size(); ++i) {
     const Tok& k = tk[i];
     if (k.t == T::Underscore && cannot_follow_underscore(tk[i + 1].t)) return true;
     if (k.t == T::Cmd && (k.text == "sum" || k.text == "prod") && bad_big_operator(tk, i)) return true;
     if (k.t == T::Cmd && k.text == "langle" && comma_in_angle(tk, i)) return true;
+    if (k.t == T::Cmd && is_approach(k.text) && stray_arrow(tk, i)) return true;
   }
   return false;
 }

@@ -197,6 +197,7 @@ CASES = [
     # an undefined function call against a constant: never equal
     ("1", B % "\\zeta(2)", False),
     ("\\frac{\\pi^2}{6}", B % "\\zeta(2)", False),
+    ("1", B % "\\zeta(2) - 1", False),  # a constant whose value changes with the call's value
     # integer powers too large for doubles: exact values at rational points show a difference
     ("n^{1987}", B % "1^{1987} + 2^{1987} + n^{1987}", False),
     # \sum / \prod with symbolic bounds, summed where every symbol is an integer: a difference
@@ -208,6 +209,17 @@ CASES = [
     ("n(n+1)2^{n-2}", B % "\\sum_{k=1}^n C(n, k) k^2", False),
     # a relation against a scalar is False whatever its symbols (even read in complex mode)
     ("No", "For complex $i$: $$\\left|\\sum_{i=1}^n u_i v_i\\right| \\leq \\sqrt{\\sum_{i=1}^n u_i^2}$$", False),
+    # \sum / \prod with integer bounds over rational terms: doit()'s exact value (a bound symbol
+    # read in complex mode, like i here, is bound as its uses are)
+    ("6", B % "\\sum_{k=1}^{3} k", True),
+    ("7", B % "\\sum_{k=1}^{3} k", False),
+    ("6.0", B % "\\sum_{k=1}^{3} k", True),
+    ("\\frac{11}{6}", B % "\\sum_{k=1}^{3} \\frac{1}{k}", True),
+    ("24", B % "\\prod_{k=1}^{4} k", True),
+    ("5", B % "2\\sum_{k=1}^{2} k - 1", True),
+    ("12", B % "\\sum_{i=1}^{2} \\sum_{j=1}^{2} (i+j)", True),
+    ("3", B % "\\sum_{i=1}^{2} i", True),
+    ("4", B % "\\sum_{i=1}^{2} i", False),
     # \binom / \choose: sympy.binomial evaluates as it is built (k = 0, 1, a negative k, numbers),
     # so 2\binom{4}{2} is the mixed number 2 + 6; an unevaluated value n (k = n - 1) or k (1+1) is
     # not a Rational, so no mixed number there
@@ -247,6 +259,20 @@ CASES = [
     ("0", B % "ed\\equiv 1 \\pmod{(n-1)}", False),
     ("2", B % "d\\alpha", False),
     ("\\text{dalpha}", B % "d\\alpha", True),
+    # an arrow anywhere but right after \lim_{x is a syntax error there, whatever else the answer holds
+    ("5", B % "|w_n| \\to \\infty", False),
+    ("5", "So $5$. Then $|w_n| \\to \\infty$", True),
+    ("5", B % "\\lim_{n \\to 0} |f| = 5", True),
+    ("3", "So 3. $\\lim_{\\alpha \\to 0} |f| = 5$", False),
+    # a non-ASCII character no token of the reference lexer starts with is a lexer error there
+    ("3", "So $3$. Then $∑ a_i$", True),
+    ("2", "So $3$. Then $∑ a_i$", False),
+    ("3", B % "3 °", False),
+    ("2", B % "3 ✓ 2", True),
+    # f(a, b, ...) with a syntax error inside its arguments: no other reading exists there
+    ("0", "So $0$. Then $f(x_1, x_2, 0..., x_n)$", True),
+    ("1", "So $0$. Then $f(x_1, x_2, 0..., x_n)$", False),
+    ("3", "So $3$. $f(a, +) = 4$", False),
     # helper "equiv" (issue 9): complex-mode symbols (real=False) are other symbols than the real
     # ones of the same name; math-verify's symbol rules compare names only
     ("\\frac{n^2}{n-1}", B % "i", False),
@@ -280,6 +306,18 @@ CASES = [
     ("120", B % "5!\\,=120", True),
     ("120", B % "5!=120", False),
     ("25", B % "5! = 120", False),
+    # exponentials of one base (or a single one a side) in an exact normal form over prime bases:
+    # the same form is sympy's simplify(a - b) == 0
+    ("4^n", B % "2^{2n}", True),
+    ("n(n+1)2^{n-2}", B % "2^{n-2}(n^2+n)", True),
+    ("\\frac{2^n}{n+1}", B % "\\frac{2^n}{1+n}", True),
+    ("1-\\frac{1}{2^{1/n}}", B % "1-(\\frac{1}{2})^{\\frac{1}{n}}", True),
+    ("(2^n+1)^5", B % "2^{5 n} + 5 \\cdot 2^{4 n} + 10 \\cdot 2^{3 n} + 10 \\cdot 2^{2 n} + 5 \\cdot 2^{n} + 1", True),
+    ("4^n", B % "2^{2n+1}", False),
+    # a product with a literal 0 factor is the number 0 for math-verify's numeric test
+    ("0 x", B % "0.0", True),
+    ("0 x y", B % "5 \\mod 5", True),
+    ("0 x", B % "0.5", False),
 ]
 
 
