@@ -61,6 +61,13 @@ class BigInt {
   bool is_zero() const { return d_.empty(); }
   bool is_neg() const { return neg_; }
   bool is_one() const { return !neg_ && d_.size() == 1 && d_[0] == 1; }
+  // |value| when it has at most two limbs (< 1e18, so it also fits an int64): the fast path of
+  // gcd / Rational::make, which run on almost every comparison
+  bool small_abs(uint64_t* out) const {
+    if (d_.size() > 2) return false;
+    *out = d_.empty() ? 0 : d_.size() == 1 ? d_[0] : (uint64_t)d_[1] * kBase + d_[0];
+    return true;
+  }
   size_t limbs() const { return d_.size(); }
 
   std::string to_string() const {
@@ -226,6 +233,15 @@ class BigInt {
   }
 
   static BigInt gcd(BigInt a, BigInt b) {
+    uint64_t x, y;
+    if (a.small_abs(&x) && b.small_abs(&y)) {
+      while (y) {
+        uint64_t t = x % y;
+        x = y;
+        y = t;
+      }
+      return BigInt((int64_t)x);
+    }
     a.neg_ = b.neg_ = false;
     int guard = 0;
     while (!b.is_zero()) {
@@ -328,6 +344,25 @@ struct Rational {
     if (d.is_neg()) {
       n = -n;
       d = -d;
+    }
+    uint64_t an, ad;
+    if (n.small_abs(&an) && d.small_abs(&ad)) {  // both below 1e18: plain integer arithmetic
+      uint64_t x = an, y = ad;
+      while (y) {
+        uint64_t t = x % y;
+        x = y;
+        y = t;
+      }
+      Rational r;
+      if (x > 1) {
+        int64_t q = (int64_t)(an / x);
+        r.num = BigInt(n.is_neg() ? -q : q);
+        r.den = BigInt((int64_t)(ad / x));
+      } else {
+        r.num = std::move(n);
+        r.den = std::move(d);
+      }
+      return r;
     }
     BigInt g = BigInt::gcd(n, d);
     Rational r;
