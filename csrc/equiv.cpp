@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cmath>
 #include <complex>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -1688,6 +1689,22 @@ Tri compare_relational(Ctx& c, int g, int p) {
     };
     bool same = go == po && maybe(x.kids[0], y.kids[0]) && maybe(x.kids[1], y.kids[1]);
     bool swapped = maybe(x.kids[0], y.kids[1]) && maybe(x.kids[1], y.kids[0]);
+    // sides made of symbols, short number literals and finite sets / tuples of them: sympy's
+    // structural equality is exactly ours (tested before, False), so nothing can give True
+    std::function<bool(int, int)> literal = [&](int k, int d) {
+      const Node& n = c.t.at(k);
+      if (n.kind == NK::Sym) return true;
+      if (n.kind == NK::Num) return !n.isfloat || n.float_digits <= 15;
+      if (d == 0 && (n.kind == NK::FSet || n.kind == NK::Tuple)) {
+        for (int e : n.kids)
+          if (!literal(e, 1)) return false;
+        return true;
+      }
+      return false;
+    };
+    bool literals = true;
+    for (int k : {x.kids[0], x.kids[1], y.kids[0], y.kids[1]}) literals = literals && literal(k, 0);
+    if (literals) return Tri::False;
     if (same || swapped) throw Unsure{"relation between non-scalars"};
     return Tri::False;
   }
@@ -1724,6 +1741,18 @@ Tri compare_relational(Ctx& c, int g, int p) {
   collect_syms(c.t, dp, &ps, &hf);
   if (gs.empty() || ps.empty()) throw Unsure{"solve"};
   if (gs.size() == 1 && ps.size() == 1) return Tri::False;
+  // x = c (c a number): solve(.., {x}) returns the list [c] of values, not of dicts; against the
+  // other side's solutions (dicts, or none) the reference's zip raises (.items() of a value, or
+  // unequal lengths): False
+  auto sym_eq_number = [&](const Node& r) {
+    if (r.op != RelOp::Eq) return false;
+    for (int s = 0; s < 2; ++s) {
+      Rational q;
+      if (c.t.at(r.kids[s]).kind == NK::Sym && exact(c, r.kids[1 - s], &q)) return true;
+    }
+    return false;
+  };
+  if ((gs.size() == 1 && sym_eq_number(x)) || (ps.size() == 1 && sym_eq_number(y))) return Tri::False;
   if (gs.size() == 1 || ps.size() == 1) throw Unsure{"solve"};
   syms = gs;
   for (auto& v : ps)
