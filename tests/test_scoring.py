@@ -337,6 +337,12 @@ CASES = [
     ("x=\\pm 1, \\pm \\frac{1}{2}", B % "x = -1, -0.5, 0.5, 1", False),
     ("x=\\{1, 2\\}", B % "x = \\{1, 2.0\\}", False),
     ("x=\\{1, 2\\}", B % "x = \\{2, 1\\}", True),
+    # factorial(s + k) in the normal form through the Gamma recurrence
+    ("\\frac{n!}{2n}", B % "\\frac{(n-1)!}{2}", True),
+    ("(n+1)! - n!", B % "n \\cdot n!", True),
+    ("\\frac{(n+1)!}{(n-1)!}", B % "n^2+n", True),
+    ("\\frac{n!}{(n-1)!}", B % "n", False),
+    ("\\frac{(n+1)!}{n!}", B % "n+2", False),
 ]
 
 
