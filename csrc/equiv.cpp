@@ -1791,6 +1791,20 @@ Tri compare_relational(Ctx& c, int g, int p) {
   bool hf = false;
   collect_syms(c.t, dg, &gs, &hf);
   collect_syms(c.t, dp, &ps, &hf);
+  // f(x) = c (an undefined function of a symbol against a number): sympy's solve raises
+  // NotImplementedError ("No algorithms are implemented"), and so does the reference's comparison
+  auto undef_eq_number = [&](const Node& r) {
+    if (r.op != RelOp::Eq) return false;
+    for (int s = 0; s < 2; ++s) {
+      const Node& f = c.t.at(r.kids[s]);
+      Rational q;
+      if (f.kind == NK::Func && f.name.rfind("fn:", 0) == 0 && f.kids.size() == 1 &&
+          c.t.at(f.kids[0]).kind == NK::Sym && exact(c, r.kids[1 - s], &q))
+        return true;
+    }
+    return false;
+  };
+  if (undef_eq_number(x) || undef_eq_number(y)) return Tri::False;
   if (gs.empty() || ps.empty()) throw Unsure{"solve"};
   if (gs.size() == 1 && ps.size() == 1) return Tri::False;
   // x = c (c a number): solve(.., {x}) returns the list [c] of values, not of dicts; against the

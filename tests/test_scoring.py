@@ -343,6 +343,10 @@ CASES = [
     ("\\frac{(n+1)!}{(n-1)!}", B % "n^2+n", True),
     ("\\frac{n!}{(n-1)!}", B % "n", False),
     ("\\frac{(n+1)!}{n!}", B % "n+2", False),
+    # f(x) = c: sympy's solve raises for an undefined function of the symbol
+    ("f(x)=0", B % "f(0)=0", False),
+    ("f(x)=0", B % "f(y)=0", False),
+    ("x+y=3", B % "g(x)=2", False),
 ]
 
 
