@@ -1,6 +1,7 @@
 // Backtracking regex engine (see regex.hpp).
 #include "regex.hpp"
 
+#include <algorithm>
 #include <stdexcept>
 
 #include "textutil.hpp"
@@ -398,6 +399,17 @@ struct RegexMatcher {
   RegexMatcher(const Regex& r, const std::string& str, long* st)
       : re(r), s(str), groups((size_t)r.ngroups_, {-1, -1}), rep_state(r.nodes_.size(), {0, 0}), steps(st) {}
 
+  // after a successful m(start, pos): the match, with the groups cleared for the next attempt
+  Regex::Match take(size_t pos) {
+    Regex::Match m;
+    m.start = pos;
+    m.end = end;
+    m.groups = groups;
+    m.groups[0] = {(long)pos, (long)end};
+    std::fill(groups.begin(), groups.end(), std::pair<long, long>{-1, -1});
+    return m;
+  }
+
   bool single(const Regex::RNode& n, size_t pos, size_t* next) const {
     if (pos >= s.size()) return false;
     size_t len;
@@ -617,13 +629,7 @@ void Regex::finditer(const std::string& s, std::vector<Match>* out, long* steps,
     mm.depth = 0;
     mm.end = 0;
     if (mm.m(start_, pos)) {
-      Match m;
-      m.start = pos;
-      m.end = mm.end;
-      m.groups = mm.groups;
-      m.groups[0] = {(long)pos, (long)mm.end};
-      std::fill(mm.groups.begin(), mm.groups.end(), std::pair<long, long>{-1, -1});
-      out->push_back(std::move(m));
+      out->push_back(mm.take(pos));
       pos = out->back().end > pos ? out->back().end : next_cp(s, pos);
     } else {
       pos = pos < s.size() ? next_cp(s, pos) : pos + 1;
@@ -641,13 +647,7 @@ void Regex::finditer_at(const std::string& s, const std::vector<size_t>& starts,
     mm.depth = 0;
     mm.end = 0;
     if (!mm.m(start_, q)) continue;
-    Match m;
-    m.start = q;
-    m.end = mm.end;
-    m.groups = mm.groups;
-    m.groups[0] = {(long)q, (long)mm.end};
-    std::fill(mm.groups.begin(), mm.groups.end(), std::pair<long, long>{-1, -1});
-    out->push_back(std::move(m));
+    out->push_back(mm.take(q));
     pos = out->back().end > q ? out->back().end : next_cp(s, q);
   }
 }
